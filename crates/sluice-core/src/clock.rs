@@ -1,0 +1,122 @@
+//! Where `now` comes from.
+//!
+//! Algorithms never call a clock; stores and services read one [`Clock`] and pass the
+//! instant down. This module is the only place in sluice-core that reads the OS clock.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::time::{Nanos, duration_nanos};
+
+/// A source of instants. Production reads a monotonic clock; tests drive a [`ManualClock`].
+pub trait Clock: Send + Sync + 'static {
+    /// The current instant. Never goes backwards for a given clock.
+    fn now(&self) -> Nanos;
+}
+
+impl<C: Clock + ?Sized> Clock for Arc<C> {
+    fn now(&self) -> Nanos {
+        (**self).now()
+    }
+}
+
+/// The production clock: monotonic nanoseconds since this clock was created.
+///
+/// Cheap to copy; copies share the same epoch, so their instants are comparable.
+#[derive(Clone, Copy, Debug)]
+pub struct MonotonicClock {
+    #[allow(clippy::disallowed_types, reason = "the one place that reads the OS clock")]
+    epoch: std::time::Instant,
+}
+
+impl MonotonicClock {
+    /// A clock whose epoch is now.
+    pub fn new() -> Self {
+        #[allow(clippy::disallowed_types, reason = "the one place that reads the OS clock")]
+        let epoch = std::time::Instant::now();
+        Self { epoch }
+    }
+}
+
+impl Default for MonotonicClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for MonotonicClock {
+    #[inline]
+    fn now(&self) -> Nanos {
+        Nanos::new(duration_nanos(self.epoch.elapsed()))
+    }
+}
+
+/// A clock that moves only when told to. Clones share one time, so a test can hand a clone
+/// to a store and keep one to drive it.
+#[derive(Clone, Default)]
+pub struct ManualClock {
+    nanos: Arc<AtomicU64>,
+}
+
+impl ManualClock {
+    /// A clock standing at `start`.
+    pub fn new(start: Nanos) -> Self {
+        Self {
+            nanos: Arc::new(AtomicU64::new(start.as_u64())),
+        }
+    }
+
+    /// Moves the clock forward by `by` (saturating).
+    pub fn advance(&self, by: Duration) {
+        let by = duration_nanos(by);
+        // fetch_update never fails with a closure that always returns Some.
+        let _ = self
+            .nanos
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                Some(n.saturating_add(by))
+            });
+    }
+
+    /// Sets the clock to `to`. Moving it backwards is allowed so that tests can check how
+    /// algorithms treat a clock that does not move forward.
+    pub fn set(&self, to: Nanos) {
+        self.nanos.store(to.as_u64(), Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Nanos {
+        Nanos::new(self.nanos.load(Ordering::SeqCst))
+    }
+}
+
+impl fmt::Debug for ManualClock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ManualClock").field(&self.now()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manual_clock_clones_share_time() {
+        let clock = ManualClock::new(Nanos::new(10));
+        let other = clock.clone();
+        clock.advance(Duration::from_nanos(5));
+        assert_eq!(other.now(), Nanos::new(15));
+        other.set(Nanos::new(3));
+        assert_eq!(clock.now(), Nanos::new(3));
+    }
+
+    #[test]
+    fn monotonic_clock_does_not_go_backwards() {
+        let clock = MonotonicClock::new();
+        let a = clock.now();
+        let b = clock.now();
+        assert!(b >= a);
+    }
+}
