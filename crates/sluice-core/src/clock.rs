@@ -27,14 +27,20 @@ impl<C: Clock + ?Sized> Clock for Arc<C> {
 /// Cheap to copy; copies share the same epoch, so their instants are comparable.
 #[derive(Clone, Copy, Debug)]
 pub struct MonotonicClock {
-    #[allow(clippy::disallowed_types, reason = "the one place that reads the OS clock")]
+    #[allow(
+        clippy::disallowed_types,
+        reason = "the one place that reads the OS clock"
+    )]
     epoch: std::time::Instant,
 }
 
 impl MonotonicClock {
     /// A clock whose epoch is now.
     pub fn new() -> Self {
-        #[allow(clippy::disallowed_types, reason = "the one place that reads the OS clock")]
+        #[allow(
+            clippy::disallowed_types,
+            reason = "the one place that reads the OS clock"
+        )]
         let epoch = std::time::Instant::now();
         Self { epoch }
     }

@@ -131,3 +131,30 @@ mod tests {
         assert_eq!(Decision::most_restrictive(&[]), None);
     }
 }
+
+/// The outcome of one request checked against several limits, all or nothing: either
+/// every limit admitted and was debited, or none was.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// Whether every limit admitted the request.
+    pub allowed: bool,
+    /// One decision per limit, in the order the limits were given. When refused, the
+    /// allowed entries say what would have been admitted; nothing was debited.
+    pub decisions: Vec<Decision>,
+}
+
+impl Verdict {
+    /// Builds the verdict from per-limit decisions.
+    pub fn from_decisions(decisions: Vec<Decision>) -> Self {
+        Self {
+            allowed: decisions.iter().all(|d| d.allowed),
+            decisions,
+        }
+    }
+
+    /// The one decision to report to the client (see [`Decision::most_restrictive`]).
+    /// `None` when no limit applied.
+    pub fn decision(&self) -> Option<Decision> {
+        Decision::most_restrictive(&self.decisions)
+    }
+}

@@ -116,7 +116,13 @@ fn needs_escape(c: char) -> bool {
 fn push_component(out: &mut String, raw: &str) {
     let escaped_len: usize = raw
         .chars()
-        .map(|c| if needs_escape(c) { 3 * c.len_utf8() } else { c.len_utf8() })
+        .map(|c| {
+            if needs_escape(c) {
+                3 * c.len_utf8()
+            } else {
+                c.len_utf8()
+            }
+        })
         .sum();
     if escaped_len > MAX_COMPONENT_LEN {
         out.push('#');

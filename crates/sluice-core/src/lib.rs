@@ -32,11 +32,11 @@ pub mod policy;
 pub mod time;
 
 pub use algorithm::{
-    Algorithm, Concurrency, FixedWindow, Gcra, GcraState, Lease, LeaseState, LogState,
-    SlidingLog, SlidingWindow, WindowState,
+    Algorithm, Concurrency, FixedWindow, Gcra, GcraState, Lease, LeaseState, LogState, SlidingLog,
+    SlidingWindow, WindowState,
 };
 pub use clock::{Clock, ManualClock, MonotonicClock};
-pub use decision::{Decision, Plan, Ticket};
+pub use decision::{Decision, Plan, Ticket, Verdict};
 pub use key::{Key, KeyError};
 pub use policy::{AlgorithmKind, MAX_SPAN_NANOS, Policy, PolicyError, Rate};
 pub use time::Nanos;

@@ -101,7 +101,9 @@ pub enum PolicyError {
     #[error("burst {0} takes longer than about 146 years to refill")]
     BurstTooLarge(u64),
     /// A burst other than the limit on an algorithm without a separate burst.
-    #[error("burst applies to gcra only; {algorithm} admits exactly its limit, so burst must be {limit} (got {burst})")]
+    #[error(
+        "burst applies to gcra only; {algorithm} admits exactly its limit, so burst must be {limit} (got {burst})"
+    )]
     BurstNotSupported {
         /// The algorithm the burst was given for.
         algorithm: AlgorithmKind,
@@ -116,7 +118,9 @@ pub enum PolicyError {
     )]
     UnknownAlgorithm(String),
     /// A rate string could not be parsed; `part` is the piece at fault.
-    #[error("invalid rate {input:?}: {reason} {part:?} (expected e.g. \"100/s\", \"5000/min\", \"10/1h30m\")")]
+    #[error(
+        "invalid rate {input:?}: {reason} {part:?} (expected e.g. \"100/s\", \"5000/min\", \"10/1h30m\")"
+    )]
     InvalidRate {
         /// The whole input.
         input: String,
@@ -227,7 +231,9 @@ fn parse_period(text: &str) -> Result<Duration, (&str, &'static str)> {
     let mut total: u64 = 0;
     let mut rest = text;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             return Err((rest, "expected a number before the unit at"));
         }
@@ -443,7 +449,10 @@ mod tests {
         for (input, part) in cases {
             match input.parse::<Rate>() {
                 Err(PolicyError::InvalidRate { part: got, .. }) => {
-                    assert!(got.contains(part), "{input}: part {got:?} should name {part:?}");
+                    assert!(
+                        got.contains(part),
+                        "{input}: part {got:?} should name {part:?}"
+                    );
                 }
                 other => panic!("{input}: expected InvalidRate, got {other:?}"),
             }
@@ -464,7 +473,9 @@ mod tests {
 
     #[test]
     fn display_round_trips() {
-        for input in ["100/s", "5000/min", "10/1h30m", "3/500ms", "1/d", "9/1500ns"] {
+        for input in [
+            "100/s", "5000/min", "10/1h30m", "3/500ms", "1/d", "9/1500ns",
+        ] {
             let r = rate(input);
             assert_eq!(rate(&r.to_string()), r, "{input} -> {r}");
         }
@@ -500,7 +511,10 @@ mod tests {
         for a in AlgorithmKind::ALL {
             assert_eq!(a.name().parse::<AlgorithmKind>().unwrap(), a);
         }
-        assert_eq!("token-bucket".parse::<AlgorithmKind>().unwrap(), AlgorithmKind::Gcra);
+        assert_eq!(
+            "token-bucket".parse::<AlgorithmKind>().unwrap(),
+            AlgorithmKind::Gcra
+        );
         assert!("lottery".parse::<AlgorithmKind>().is_err());
     }
 }

@@ -79,7 +79,10 @@ mod tests {
     fn arithmetic_saturates_at_both_ends() {
         assert_eq!(Nanos::MAX + Duration::from_secs(1), Nanos::MAX);
         assert_eq!(Nanos::ZERO - Duration::from_secs(1), Nanos::ZERO);
-        assert_eq!(Nanos::new(5).saturating_since(Nanos::new(9)), Duration::ZERO);
+        assert_eq!(
+            Nanos::new(5).saturating_since(Nanos::new(9)),
+            Duration::ZERO
+        );
         assert_eq!(duration_nanos(Duration::MAX), u64::MAX);
     }
 }

@@ -1,1 +1,13 @@
-//! placeholder
+//! sluice-store: where limiter state lives.
+//!
+//! One async [`Store`] trait, the [`MemoryStore`] that is the embedded default, and (with
+//! the `conformance` feature) the suite every store must pass. The algorithms themselves
+//! live in `sluice-core`; a store only keeps their states and applies them atomically.
+//! Nothing here spawns background work: callers drive cleanup
+//! ([`MemoryStore::remove_expired`]).
+
+mod memory;
+mod store;
+
+pub use memory::{HotKey, HotKeysConfig, MemoryConfig, MemoryStats, MemoryStore};
+pub use store::{Hold, Limit, Reservation, Store};

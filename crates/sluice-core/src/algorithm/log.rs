@@ -57,7 +57,9 @@ impl Algorithm for SlidingLog {
         let newest = state.entries.back().map(|(at, _)| *at);
         let reset_after = newest
             .filter(|at| live(policy, *at, now))
-            .map_or(std::time::Duration::ZERO, |at| until(at.plus_nanos(period), now));
+            .map_or(std::time::Duration::ZERO, |at| {
+                until(at.plus_nanos(period), now)
+            });
         if !policy.admits_cost(cost) {
             return Decision::exceeds_capacity(limit, remaining, reset_after);
         }
@@ -92,7 +94,10 @@ impl Algorithm for SlidingLog {
 
     fn refund(policy: &Policy, state: &mut LogState, ticket: &Ticket, amount: u64, now: Nanos) {
         prune(policy, state, now);
-        if let Ok(i) = state.entries.binary_search_by_key(&ticket.at, |(at, _)| *at) {
+        if let Ok(i) = state
+            .entries
+            .binary_search_by_key(&ticket.at, |(at, _)| *at)
+        {
             let cost = &mut state.entries[i].1;
             *cost = cost.saturating_sub(amount);
             if *cost == 0 {

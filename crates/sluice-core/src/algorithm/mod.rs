@@ -101,3 +101,6 @@ pub trait Algorithm {
 fn until(a: Nanos, b: Nanos) -> Duration {
     a.saturating_since(b)
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1 @@
+//! Table-driven tests of every algorithm at exact instants.

@@ -1,0 +1,563 @@
+//! `MemoryStore`: the embedded default store, a sharded map from key fingerprint to state.
+//!
+//! Each shard is a mutex over one table per algorithm; a decision holds one shard's lock
+//! for a hash lookup and a few arithmetic operations. A request checked against several
+//! limits locks their shards in ascending order (no deadlocks), decides on copies, and
+//! writes back only if every limit allowed. The number of keys is bounded: when a shard is
+//! full, states that decide like fresh ones go first, then those closest to expiring.
+
+mod hot;
+mod table;
+
+pub use hot::{HotKey, HotKeysConfig};
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::{Future, ready};
+use std::hash::BuildHasher;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use sluice_core::{
+    Algorithm, AlgorithmKind, Clock, Decision, GcraState, Key, LeaseState, LogState,
+    MonotonicClock, Nanos, Policy, Verdict, WindowState,
+};
+
+use crate::store::{Hold, Limit, Reservation, Store};
+use hot::HotKeys;
+use table::{Fingerprint, Slot, Stored, Tables, with_algorithm};
+
+/// Sizing of a [`MemoryStore`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryConfig {
+    /// Most keys held at once (across all algorithms), rounded up to a multiple of the
+    /// shard count. A flood of distinct keys cannot grow memory past this.
+    pub max_keys: usize,
+    /// Number of shards (rounded up to a power of two).
+    pub shards: usize,
+    /// Hot key tracking.
+    pub hot_keys: HotKeysConfig,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        Self {
+            max_keys: 4 << 20,
+            shards: 64,
+            hot_keys: HotKeysConfig::default(),
+        }
+    }
+}
+
+/// Counters of a [`MemoryStore`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// Keys held now.
+    pub keys: usize,
+    /// States dropped because they decided like fresh ones (no information lost).
+    pub evicted_expired: u64,
+    /// Live states dropped to stay under `max_keys`: those keys restart with full capacity.
+    pub evicted_live: u64,
+}
+
+#[derive(Default)]
+struct Shard {
+    tables: Tables,
+    hot: HotKeys,
+    decisions: u32,
+    evicted_expired: u64,
+    evicted_live: u64,
+}
+
+/// Keeps each shard's lock on its own cache lines (two, against adjacent-line prefetch).
+#[repr(align(128))]
+#[derive(Default)]
+struct Padded<T>(T);
+
+/// The in-memory [`Store`]: one process, no dependencies, the default.
+pub struct MemoryStore<C: Clock = MonotonicClock> {
+    shards: Box<[Padded<Mutex<Shard>>]>,
+    shard_mask: u64,
+    max_keys_per_shard: usize,
+    hot_keys: HotKeysConfig,
+    sample_mask: u32,
+    seeds: (
+        foldhash::quality::RandomState,
+        foldhash::quality::RandomState,
+    ),
+    clock: C,
+}
+
+impl MemoryStore<MonotonicClock> {
+    /// A store with the default configuration and the monotonic clock.
+    pub fn new() -> Self {
+        Self::with_config(MemoryConfig::default(), MonotonicClock::new())
+    }
+}
+
+impl Default for MemoryStore<MonotonicClock> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<C: Clock> MemoryStore<C> {
+    /// A store with the default configuration reading `clock`.
+    pub fn with_clock(clock: C) -> Self {
+        Self::with_config(MemoryConfig::default(), clock)
+    }
+
+    /// A store sized by `config`, reading `clock`.
+    pub fn with_config(config: MemoryConfig, clock: C) -> Self {
+        let shards = config.shards.clamp(1, 1 << 16).next_power_of_two();
+        let max_keys_per_shard = config.max_keys.div_ceil(shards).max(1);
+        let sample_every = config
+            .hot_keys
+            .sample_every
+            .clamp(1, 1 << 20)
+            .next_power_of_two();
+        Self {
+            shards: (0..shards).map(|_| Padded::default()).collect(),
+            shard_mask: shards as u64 - 1,
+            max_keys_per_shard,
+            hot_keys: HotKeysConfig {
+                sample_every,
+                ..config.hot_keys
+            },
+            sample_mask: sample_every - 1,
+            seeds: Default::default(),
+            clock,
+        }
+    }
+
+    /// The store's clock.
+    pub fn clock(&self) -> &C {
+        &self.clock
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> MemoryStats {
+        let mut stats = MemoryStats::default();
+        for shard in self.shards.iter() {
+            let shard = lock(&shard.0);
+            stats.keys += shard.tables.len();
+            stats.evicted_expired += shard.evicted_expired;
+            stats.evicted_live += shard.evicted_live;
+        }
+        stats
+    }
+
+    /// Drops every state that decides like a fresh one; returns how many. Nothing runs in
+    /// the background: the server (or the application) calls this periodically.
+    pub fn remove_expired(&self) -> usize {
+        let now = self.clock.now();
+        self.shards
+            .iter()
+            .map(|shard| {
+                let mut shard = lock(&shard.0);
+                let removed = shard.tables.remove_expired(now);
+                shard.evicted_expired += removed as u64;
+                removed
+            })
+            .sum()
+    }
+
+    /// The `n` keys with the most hits over the last one to two hot-key windows, hottest
+    /// first.
+    pub fn hot_keys(&self, n: usize) -> Vec<HotKey> {
+        let now = self.clock.now();
+        let mut all = Vec::new();
+        for shard in self.shards.iter() {
+            lock(&shard.0).hot.collect(&self.hot_keys, now, &mut all);
+        }
+        all.sort_by(|a, b| b.hits.cmp(&a.hits).then_with(|| a.key.cmp(&b.key)));
+        all.truncate(n);
+        all
+    }
+
+    /// Checks one limit (the synchronous core of [`Store::check`]).
+    pub fn check_now(&self, limit: Limit<'_>, cost: u64) -> Decision {
+        let now = self.clock.now();
+        let fp = self.fingerprint(limit.key);
+        let mut shard = self.lock_shard(&fp);
+        let decision = with_algorithm!(limit.policy.algorithm(), A => {
+            check_in::<A>(&mut shard, self.max_keys_per_shard, fp, limit.policy, cost, now)
+        });
+        self.sample(&mut shard, fp, limit.key, !decision.allowed, now);
+        decision
+    }
+
+    /// Checks several limits all or nothing (the synchronous core of [`Store::check_all`]).
+    pub fn check_all_now(&self, limits: &[Limit<'_>], cost: u64) -> Verdict {
+        let (verdict, _) = self.transact(limits, |scratch, policy, now| {
+            with_algorithm!(policy.algorithm(), A => {
+                let state = A::scratch_mut(scratch);
+                let decision = A::decide(policy, state, cost, now);
+                let ticket = decision.allowed.then(|| A::apply(policy, state, cost, now, now));
+                (decision, ticket, now)
+            })
+        });
+        verdict
+    }
+
+    /// Reserves on several limits all or nothing (the synchronous core of
+    /// [`Store::reserve`]).
+    pub fn reserve_now(&self, limits: &[Limit<'_>], cost: u64, max_wait: Duration) -> Reservation {
+        let (verdict, holds) = self.transact(limits, |scratch, policy, now| {
+            with_algorithm!(policy.algorithm(), A => {
+                let state = A::scratch_mut(scratch);
+                let plan = A::plan(policy, state, cost, now, max_wait);
+                let ticket = plan
+                    .decision
+                    .allowed
+                    .then(|| A::apply(policy, state, cost, plan.ready_at, now));
+                (plan.decision, ticket, plan.ready_at)
+            })
+        });
+        let now = self.clock.now();
+        let ready_at = holds.iter().map(|h| h.ticket.at).max().unwrap_or(now);
+        Reservation {
+            wait: ready_at.saturating_since(now),
+            ready_at,
+            verdict,
+            holds,
+        }
+    }
+
+    /// Gives back what a reservation took (the synchronous core of [`Store::cancel`]).
+    pub fn cancel_now(&self, reservation: &Reservation) {
+        self.adjust(reservation, |hold| hold.ticket.cost);
+    }
+
+    /// Settles a reservation to `actual` units (the synchronous core of [`Store::settle`]).
+    pub fn settle_now(&self, reservation: &Reservation, actual: u64) {
+        self.adjust(reservation, |_| actual);
+    }
+
+    /// The current state of one limit as a decision for zero units.
+    pub fn peek_now(&self, limit: Limit<'_>) -> Decision {
+        let now = self.clock.now();
+        let fp = self.fingerprint(limit.key);
+        let mut shard = self.lock_shard(&fp);
+        with_algorithm!(limit.policy.algorithm(), A => {
+            let state = A::load(&mut shard.tables, &fp);
+            A::decide(limit.policy, &state, 0, now)
+        })
+    }
+
+    /// Forgets one limit's state.
+    pub fn reset_now(&self, limit: Limit<'_>) {
+        let fp = self.fingerprint(limit.key);
+        self.lock_shard(&fp)
+            .tables
+            .remove(limit.policy.algorithm(), &fp);
+    }
+
+    fn fingerprint(&self, key: &Key) -> Fingerprint {
+        Fingerprint {
+            lo: self.seeds.0.hash_one(key.as_str()),
+            hi: self.seeds.1.hash_one(key.as_str()),
+        }
+    }
+
+    fn shard_index(&self, fp: &Fingerprint) -> usize {
+        // The mask keeps the index below the shard count, which fits in usize.
+        usize::try_from(fp.lo & self.shard_mask).unwrap_or(0)
+    }
+
+    fn lock_shard(&self, fp: &Fingerprint) -> MutexGuard<'_, Shard> {
+        lock(&self.shards[self.shard_index(fp)].0)
+    }
+
+    fn sample(&self, shard: &mut Shard, fp: Fingerprint, key: &Key, refused: bool, now: Nanos) {
+        shard.decisions = shard.decisions.wrapping_add(1);
+        if shard.decisions & self.sample_mask == 0 {
+            shard.hot.record(&self.hot_keys, fp, key, refused, now);
+        }
+    }
+
+    /// Runs `step` for each limit in order on scratch copies of their states, with every
+    /// shard involved locked; writes the copies back only if every step allowed.
+    fn transact<F>(&self, limits: &[Limit<'_>], mut step: F) -> (Verdict, Vec<Hold>)
+    where
+        F: FnMut(&mut AnyState, &Policy, Nanos) -> (Decision, Option<sluice_core::Ticket>, Nanos),
+    {
+        let fps: Vec<Fingerprint> = limits.iter().map(|l| self.fingerprint(l.key)).collect();
+        let mut order: Vec<usize> = fps.iter().map(|fp| self.shard_index(fp)).collect();
+        order.sort_unstable();
+        order.dedup();
+        // Ascending order: every caller locks shards in the same order, so none deadlock.
+        let mut guards: Vec<MutexGuard<'_, Shard>> =
+            order.iter().map(|&i| lock(&self.shards[i].0)).collect();
+        let now = self.clock.now();
+        let shard_of =
+            |fp: &Fingerprint| -> usize { order.binary_search(&self.shard_index(fp)).unwrap_or(0) };
+
+        // (kind, fingerprint, guard position, state) per distinct limit state.
+        let mut scratch: Vec<(AlgorithmKind, Fingerprint, usize, AnyState)> = Vec::new();
+        let mut decisions = Vec::with_capacity(limits.len());
+        let mut tickets = Vec::with_capacity(limits.len());
+        for (limit, fp) in limits.iter().zip(&fps) {
+            let kind = limit.policy.algorithm();
+            let slot = match scratch
+                .iter()
+                .position(|(k, f, _, _)| *k == kind && f == fp)
+            {
+                Some(slot) => slot,
+                None => {
+                    let g = shard_of(fp);
+                    let state = with_algorithm!(kind, A => {
+                        A::into_any(A::load(&mut guards[g].tables, fp))
+                    });
+                    scratch.push((kind, *fp, g, state));
+                    scratch.len() - 1
+                }
+            };
+            let (decision, ticket, _) = step(&mut scratch[slot].3, limit.policy, now);
+            decisions.push(decision);
+            tickets.push(ticket);
+        }
+        let verdict = Verdict::from_decisions(decisions);
+        let mut holds = Vec::new();
+        if verdict.allowed {
+            for (limit, fp) in limits.iter().zip(&fps) {
+                let kind = limit.policy.algorithm();
+                if let Some(pos) = scratch
+                    .iter()
+                    .position(|(k, f, _, _)| *k == kind && f == fp)
+                {
+                    let (_, _, g, state) = scratch.swap_remove(pos);
+                    let shard = &mut *guards[g];
+                    with_algorithm!(kind, A => {
+                        if let Some(state) = A::from_any(state) {
+                            A::store(shard, self.max_keys_per_shard, fp, limit.policy, state, now);
+                        }
+                    });
+                }
+            }
+            holds = limits
+                .iter()
+                .zip(tickets)
+                .filter_map(|(limit, ticket)| {
+                    ticket.map(|ticket| Hold {
+                        key: limit.key.clone(),
+                        policy: *limit.policy,
+                        ticket,
+                    })
+                })
+                .collect();
+        }
+        for ((limit, fp), decision) in limits.iter().zip(&fps).zip(&verdict.decisions) {
+            let g = shard_of(fp);
+            self.sample(&mut guards[g], *fp, limit.key, !decision.allowed, now);
+        }
+        (verdict, holds)
+    }
+
+    /// Sets each hold of `reservation` to the cost `actual(hold)` says.
+    fn adjust(&self, reservation: &Reservation, actual: impl Fn(&Hold) -> u64) {
+        let now = self.clock.now();
+        for hold in &reservation.holds {
+            let fp = self.fingerprint(&hold.key);
+            let mut shard = self.lock_shard(&fp);
+            let policy = &hold.policy;
+            let target = actual(hold);
+            with_algorithm!(policy.algorithm(), A => {
+                let table = A::table(&mut shard.tables);
+                if let Some(slot) = table.get_mut(&fp) {
+                    if target == 0 {
+                        A::refund(policy, slot.state_mut(), &hold.ticket, hold.ticket.cost, now);
+                    } else {
+                        A::settle(policy, slot.state_mut(), &hold.ticket, target, now);
+                    }
+                    let expires_at = A::expires_at(policy, slot.state());
+                    slot.set_expires_at(expires_at);
+                } else if target > hold.ticket.cost {
+                    // The state was dropped (expired or evicted); the extra usage still counts.
+                    let mut state = <A as Algorithm>::State::default();
+                    A::charge(policy, &mut state, &hold.ticket, target - hold.ticket.cost, now);
+                    A::store(&mut shard, self.max_keys_per_shard, &fp, policy, state, now);
+                }
+            });
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Shard state is consistent between statements; a panic elsewhere must not wedge it.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The single-limit check inside one locked shard: no copies, no allocation for keys
+/// already present.
+fn check_in<A: Transact>(
+    shard: &mut Shard,
+    max_keys: usize,
+    fp: Fingerprint,
+    policy: &Policy,
+    cost: u64,
+    now: Nanos,
+) -> Decision {
+    if let Some(slot) = A::table(&mut shard.tables).get_mut(&fp) {
+        let decision = A::check(policy, slot.state_mut(), cost, now);
+        if decision.allowed {
+            let expires_at = A::expires_at(policy, slot.state());
+            slot.set_expires_at(expires_at);
+        }
+        return decision;
+    }
+    let mut state = <A as Algorithm>::State::default();
+    let decision = A::check(policy, &mut state, cost, now);
+    if decision.allowed {
+        A::store(shard, max_keys, &fp, policy, state, now);
+    }
+    decision
+}
+
+/// A copy of any algorithm's state, for deciding several limits before writing any.
+#[derive(Debug)]
+enum AnyState {
+    Gcra(GcraState),
+    Window(WindowState),
+    Log(LogState),
+    Lease(LeaseState),
+}
+
+/// Moves states between a shard's tables and the scratch space of a transaction.
+trait Transact: Stored {
+    fn into_any(state: Self::State) -> AnyState;
+    fn from_any(any: AnyState) -> Option<Self::State>;
+    fn scratch_mut(any: &mut AnyState) -> &mut Self::State;
+
+    fn load(tables: &mut Tables, fp: &Fingerprint) -> Self::State {
+        Self::table(tables)
+            .get(fp)
+            .map(|slot| slot.state().clone())
+            .unwrap_or_default()
+    }
+
+    /// Writes `state` back; a state that decides like a fresh one is dropped instead.
+    fn store(
+        shard: &mut Shard,
+        max_keys: usize,
+        fp: &Fingerprint,
+        policy: &Policy,
+        state: Self::State,
+        now: Nanos,
+    ) {
+        let slot = Self::slot_for(policy, state);
+        let table = Self::table(&mut shard.tables);
+        if slot.expires_at() <= now {
+            table.remove(fp);
+            return;
+        }
+        if let Some(existing) = table.get_mut(fp) {
+            *existing = slot;
+            return;
+        }
+        if shard.tables.len() >= max_keys {
+            make_room(shard, max_keys, now);
+        }
+        Self::table(&mut shard.tables).insert(*fp, slot);
+    }
+}
+
+/// Frees at least an eighth of a full shard: expired states first, then the live states
+/// closest to expiring. Amortised O(1) per insert.
+fn make_room(shard: &mut Shard, max_keys: usize, now: Nanos) {
+    shard.evicted_expired += shard.tables.remove_expired(now) as u64;
+    let keep = max_keys - max_keys.div_ceil(8);
+    shard.evicted_live += shard.tables.remove_soonest_expiring(keep) as u64;
+}
+
+macro_rules! transact_impl {
+    ($A:ty, $variant:ident) => {
+        impl Transact for $A {
+            fn into_any(state: Self::State) -> AnyState {
+                AnyState::$variant(state)
+            }
+            fn from_any(any: AnyState) -> Option<Self::State> {
+                match any {
+                    AnyState::$variant(state) => Some(state),
+                    _ => None,
+                }
+            }
+            fn scratch_mut(any: &mut AnyState) -> &mut Self::State {
+                if !matches!(any, AnyState::$variant(_)) {
+                    *any = AnyState::$variant(Default::default());
+                }
+                match any {
+                    AnyState::$variant(state) => state,
+                    _ => unreachable!("just set to this variant"),
+                }
+            }
+        }
+    };
+}
+transact_impl!(sluice_core::Gcra, Gcra);
+transact_impl!(sluice_core::FixedWindow, Window);
+transact_impl!(sluice_core::SlidingWindow, Window);
+transact_impl!(sluice_core::SlidingLog, Log);
+transact_impl!(sluice_core::Concurrency, Lease);
+
+impl<C: Clock> Store for MemoryStore<C> {
+    type Error = Infallible;
+
+    fn check(
+        &self,
+        limit: Limit<'_>,
+        cost: u64,
+    ) -> impl Future<Output = Result<Decision, Infallible>> + Send {
+        ready(Ok(self.check_now(limit, cost)))
+    }
+
+    fn check_all(
+        &self,
+        limits: &[Limit<'_>],
+        cost: u64,
+    ) -> impl Future<Output = Result<Verdict, Infallible>> + Send {
+        ready(Ok(self.check_all_now(limits, cost)))
+    }
+
+    fn peek(&self, limit: Limit<'_>) -> impl Future<Output = Result<Decision, Infallible>> + Send {
+        ready(Ok(self.peek_now(limit)))
+    }
+
+    fn reserve(
+        &self,
+        limits: &[Limit<'_>],
+        cost: u64,
+        max_wait: Duration,
+    ) -> impl Future<Output = Result<Reservation, Infallible>> + Send {
+        ready(Ok(self.reserve_now(limits, cost, max_wait)))
+    }
+
+    fn cancel(
+        &self,
+        reservation: &Reservation,
+    ) -> impl Future<Output = Result<(), Infallible>> + Send {
+        ready(Ok(self.cancel_now(reservation)))
+    }
+
+    fn settle(
+        &self,
+        reservation: &Reservation,
+        actual: u64,
+    ) -> impl Future<Output = Result<(), Infallible>> + Send {
+        ready(Ok(self.settle_now(reservation, actual)))
+    }
+
+    fn reset(&self, limit: Limit<'_>) -> impl Future<Output = Result<(), Infallible>> + Send {
+        ready(Ok(self.reset_now(limit)))
+    }
+}
+
+impl<C: Clock + fmt::Debug> fmt::Debug for MemoryStore<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("shards", &self.shards.len())
+            .field("max_keys_per_shard", &self.max_keys_per_shard)
+            .field("clock", &self.clock)
+            .finish_non_exhaustive()
+    }
+}

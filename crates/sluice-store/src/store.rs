@@ -1,0 +1,111 @@
+//! The one contract every store implements.
+
+use std::future::Future;
+use std::time::Duration;
+
+use sluice_core::{Decision, Key, Nanos, Policy, Ticket, Verdict};
+
+/// One limit a request is checked against: which key's state, under which policy.
+#[derive(Clone, Copy, Debug)]
+pub struct Limit<'a> {
+    /// Whose state.
+    pub key: &'a Key,
+    /// How it counts.
+    pub policy: &'a Policy,
+}
+
+impl<'a> Limit<'a> {
+    /// The limit `policy` on `key`.
+    pub const fn new(key: &'a Key, policy: &'a Policy) -> Self {
+        Self { key, policy }
+    }
+}
+
+/// Capacity a reservation took on one limit, enough to give it back or settle it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hold {
+    /// The limit's key.
+    pub key: Key,
+    /// The limit's policy.
+    pub policy: Policy,
+    /// What was taken.
+    pub ticket: Ticket,
+}
+
+/// The answer to a reservation over one or several limits, all or nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reservation {
+    /// Allowed when every limit can supply the units within the maximum wait.
+    pub verdict: Verdict,
+    /// The instant all the units are available, on the store's timeline.
+    pub ready_at: Nanos,
+    /// How long after the reservation was made that is: wait this long, then proceed.
+    pub wait: Duration,
+    /// What was taken, one per limit; empty when refused.
+    pub holds: Vec<Hold>,
+}
+
+impl Reservation {
+    /// Whether the reservation was granted.
+    pub fn granted(&self) -> bool {
+        self.verdict.allowed
+    }
+}
+
+/// Where limiter state lives, and the operations on it.
+///
+/// Every operation is atomic per call: a request checked against several limits is
+/// debited on all of them or on none, even with other callers racing on the same keys.
+/// Over the limit is an `Ok` decision; `Err` means the store itself failed (e.g. Redis
+/// unreachable). Each store owns its timeline (a [`Clock`](sluice_core::Clock) or Redis
+/// `TIME`), so callers never pass `now`.
+///
+/// Every implementation must pass [`conformance`](crate::conformance) (feature
+/// `conformance`).
+pub trait Store: Send + Sync + 'static {
+    /// What can go wrong in the store itself.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Checks `cost` units against one limit and debits them if allowed.
+    fn check(
+        &self,
+        limit: Limit<'_>,
+        cost: u64,
+    ) -> impl Future<Output = Result<Decision, Self::Error>> + Send;
+
+    /// Checks `cost` units against every limit; debits all of them only if all allow.
+    fn check_all(
+        &self,
+        limits: &[Limit<'_>],
+        cost: u64,
+    ) -> impl Future<Output = Result<Verdict, Self::Error>> + Send;
+
+    /// What a check of one unit would decide now, without debiting anything.
+    fn peek(&self, limit: Limit<'_>) -> impl Future<Output = Result<Decision, Self::Error>> + Send;
+
+    /// Takes `cost` units on every limit for the earliest instant all of them can supply
+    /// them, if that is at most `max_wait` away; otherwise takes nothing.
+    fn reserve(
+        &self,
+        limits: &[Limit<'_>],
+        cost: u64,
+        max_wait: Duration,
+    ) -> impl Future<Output = Result<Reservation, Self::Error>> + Send;
+
+    /// Gives back everything `reservation` took (releases its leases).
+    fn cancel(
+        &self,
+        reservation: &Reservation,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Corrects what `reservation` took to `actual` units per limit: refunds an estimate
+    /// that was too high, charges one that was too low.
+    fn settle(
+        &self,
+        reservation: &Reservation,
+        actual: u64,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Forgets the state of one limit, as if nobody had used it.
+    fn reset(&self, limit: Limit<'_>) -> impl Future<Output = Result<(), Self::Error>> + Send;
+}
