@@ -228,6 +228,9 @@ fn parse_period(text: &str) -> Result<Duration, (&str, &'static str)> {
     if let Some(unit) = unit_word_nanos(text) {
         return Ok(Duration::from_nanos(unit));
     }
+    if !text.starts_with(|c: char| c.is_ascii_digit()) {
+        return Err((text, "unknown unit"));
+    }
     let mut total: u64 = 0;
     let mut rest = text;
     while !rest.is_empty() {
@@ -293,7 +296,7 @@ fn format_period(nanos: u64) -> String {
         86_400_000_000_000 => return "d".into(),
         _ => {}
     }
-    if nanos % 1_000_000 != 0 {
+    if !nanos.is_multiple_of(1_000_000) {
         return format!("{nanos}ns");
     }
     let mut out = String::new();

@@ -7,6 +7,7 @@
 //! full, states that decide like fresh ones go first, then those closest to expiring.
 
 mod hot;
+mod lock;
 mod table;
 
 pub use hot::{HotKey, HotKeysConfig};
@@ -15,7 +16,6 @@ use std::convert::Infallible;
 use std::fmt;
 use std::future::{Future, ready};
 use std::hash::BuildHasher;
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use sluice_core::{
@@ -25,6 +25,8 @@ use sluice_core::{
 
 use crate::store::{Hold, Limit, Reservation, Store};
 use hot::HotKeys;
+use lock::ShardLock;
+use spin::mutex::SpinMutexGuard as ShardGuard;
 use table::{Fingerprint, Slot, Stored, Tables, with_algorithm};
 
 /// Sizing of a [`MemoryStore`].
@@ -76,7 +78,7 @@ struct Padded<T>(T);
 
 /// The in-memory [`Store`]: one process, no dependencies, the default.
 pub struct MemoryStore<C: Clock = MonotonicClock> {
-    shards: Box<[Padded<Mutex<Shard>>]>,
+    shards: Box<[Padded<ShardLock<Shard>>]>,
     shard_mask: u64,
     max_keys_per_shard: usize,
     hot_keys: HotKeysConfig,
@@ -265,7 +267,7 @@ impl<C: Clock> MemoryStore<C> {
         usize::try_from(fp.lo & self.shard_mask).unwrap_or(0)
     }
 
-    fn lock_shard(&self, fp: &Fingerprint) -> MutexGuard<'_, Shard> {
+    fn lock_shard(&self, fp: &Fingerprint) -> ShardGuard<'_, Shard> {
         lock(&self.shards[self.shard_index(fp)].0)
     }
 
@@ -287,7 +289,7 @@ impl<C: Clock> MemoryStore<C> {
         order.sort_unstable();
         order.dedup();
         // Ascending order: every caller locks shards in the same order, so none deadlock.
-        let mut guards: Vec<MutexGuard<'_, Shard>> =
+        let mut guards: Vec<ShardGuard<'_, Shard>> =
             order.iter().map(|&i| lock(&self.shards[i].0)).collect();
         let now = self.clock.now();
         let shard_of =
@@ -383,9 +385,8 @@ impl<C: Clock> MemoryStore<C> {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Shard state is consistent between statements; a panic elsewhere must not wedge it.
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+fn lock<T>(shard: &ShardLock<T>) -> ShardGuard<'_, T> {
+    shard.lock()
 }
 
 /// The single-limit check inside one locked shard: no copies, no allocation for keys
@@ -536,7 +537,8 @@ impl<C: Clock> Store for MemoryStore<C> {
         &self,
         reservation: &Reservation,
     ) -> impl Future<Output = Result<(), Infallible>> + Send {
-        ready(Ok(self.cancel_now(reservation)))
+        self.cancel_now(reservation);
+        ready(Ok(()))
     }
 
     fn settle(
@@ -544,11 +546,13 @@ impl<C: Clock> Store for MemoryStore<C> {
         reservation: &Reservation,
         actual: u64,
     ) -> impl Future<Output = Result<(), Infallible>> + Send {
-        ready(Ok(self.settle_now(reservation, actual)))
+        self.settle_now(reservation, actual);
+        ready(Ok(()))
     }
 
     fn reset(&self, limit: Limit<'_>) -> impl Future<Output = Result<(), Infallible>> + Send {
-        ready(Ok(self.reset_now(limit)))
+        self.reset_now(limit);
+        ready(Ok(()))
     }
 }
 

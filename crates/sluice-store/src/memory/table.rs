@@ -59,14 +59,14 @@ pub(crate) trait Slot<S>: Send {
 
 /// GCRA's state is its own expiry (the bucket is full again at `tat`), so it is stored
 /// bare.
-impl Slot<GcraState> for GcraState {
-    fn new(state: GcraState, _: Nanos) -> Self {
+impl Slot<Self> for GcraState {
+    fn new(state: Self, _: Nanos) -> Self {
         state
     }
-    fn state(&self) -> &GcraState {
+    fn state(&self) -> &Self {
         self
     }
-    fn state_mut(&mut self) -> &mut GcraState {
+    fn state_mut(&mut self) -> &mut Self {
         self
     }
     fn set_expires_at(&mut self, _: Nanos) {}
@@ -273,7 +273,7 @@ mod tests {
 
     #[test]
     fn a_gcra_entry_is_24_bytes() {
-        assert_eq!(std::mem::size_of::<(Fingerprint, GcraState)>(), 24);
+        assert_eq!(size_of::<(Fingerprint, GcraState)>(), 24);
     }
 
     #[test]
