@@ -1,1 +1,94 @@
-//! placeholder
+//! sluice-testkit: helpers shared by sluice's tests. A dev-dependency only, never a
+//! dependency of a library or the binary.
+//!
+//! Today it drives time by hand: [`clock_at`] makes a [`ManualClock`] standing at a given
+//! second, and [`ClockExt`] moves it in readable steps, returning the new instant so that
+//! a test can pass it straight to an algorithm as `now`.
+//!
+//! ```
+//! use sluice_core::{Algorithm, Gcra, GcraState, Policy};
+//! use sluice_testkit::{Clock, ClockExt, clock_at};
+//!
+//! let policy = Policy::parse("gcra", "1/s").unwrap();
+//! let mut state = GcraState::default();
+//! let clock = clock_at(100);
+//! assert!(Gcra::check(&policy, &mut state, 1, clock.now()).allowed);
+//! assert!(!Gcra::check(&policy, &mut state, 1, clock.advance_ms(999)).allowed);
+//! assert!(Gcra::check(&policy, &mut state, 1, clock.advance_ms(1)).allowed);
+//! ```
+//!
+//! Not here yet; later issues add them as the crates that need them arrive:
+//! `RedisServer::spawn` and `RedisCluster::spawn` (a throwaway `redis-server` or Redis
+//! Cluster on free ports, torn down on drop) for `sluice-redis`, and a fake quota-limited
+//! upstream that answers with OpenAI-style rate limit headers for `sluice-egress`.
+//!
+//! `sluice-core`'s own unit tests cannot use this crate: through it they would see a
+//! second copy of `sluice-core` whose types differ from `crate::*`. Its integration tests
+//! (`tests/`) and every other crate's tests can.
+
+use std::time::Duration;
+
+pub use sluice_core::{Clock, ManualClock, Nanos};
+
+/// Nanoseconds in one second.
+const NANOS_PER_SEC: u64 = 1_000_000_000;
+
+/// A manual clock standing `secs` seconds after its epoch.
+///
+/// Starting away from zero keeps tests clear of the epoch, where "the window before this
+/// one" or "one period ago" would saturate and hide off-by-one errors.
+pub fn clock_at(secs: u64) -> ManualClock {
+    ManualClock::new(Nanos::new(secs.saturating_mul(NANOS_PER_SEC)))
+}
+
+/// Readable steps for a [`ManualClock`]. Each returns the instant the clock then shows.
+pub trait ClockExt {
+    /// Moves the clock forward by `ms` milliseconds.
+    fn advance_ms(&self, ms: u64) -> Nanos;
+
+    /// Moves the clock forward by `secs` seconds.
+    fn advance_secs(&self, secs: u64) -> Nanos;
+
+    /// Sets the clock to `nanos` nanoseconds after its epoch; this may move it backwards,
+    /// to test how a limit treats a clock that does not move forward.
+    fn at(&self, nanos: u64) -> Nanos;
+}
+
+impl ClockExt for ManualClock {
+    fn advance_ms(&self, ms: u64) -> Nanos {
+        self.advance(Duration::from_millis(ms));
+        self.now()
+    }
+
+    fn advance_secs(&self, secs: u64) -> Nanos {
+        self.advance(Duration::from_secs(secs));
+        self.now()
+    }
+
+    fn at(&self, nanos: u64) -> Nanos {
+        self.set(Nanos::new(nanos));
+        self.now()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_move_every_clone_and_return_the_new_instant() {
+        let clock = clock_at(5);
+        let store_side = clock.clone();
+        assert_eq!(store_side.now(), Nanos::new(5 * NANOS_PER_SEC));
+        assert_eq!(clock.advance_ms(250), Nanos::new(5_250_000_000));
+        assert_eq!(clock.advance_secs(2), Nanos::new(7_250_000_000));
+        assert_eq!(store_side.now(), Nanos::new(7_250_000_000));
+        assert_eq!(clock.at(42), Nanos::new(42));
+        assert_eq!(store_side.now(), Nanos::new(42));
+    }
+
+    #[test]
+    fn clock_at_saturates_instead_of_overflowing() {
+        assert_eq!(clock_at(u64::MAX).now(), Nanos::MAX);
+    }
+}

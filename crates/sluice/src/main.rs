@@ -1,1 +1,41 @@
-fn main() {}
+//! `sluice`: the command line of sluice, a rate limiting and quota system.
+//!
+//! Today it has one command, `sluice check`, which asks an in-memory limit for a few
+//! decisions in a row and prints them, to try a policy before configuring it. This binary
+//! is the only place in the workspace that reads flags and uses `anyhow`; the libraries
+//! below it return typed errors. Arguments live in [`cli`], each command in its own module.
+
+mod check;
+mod cli;
+
+use std::io;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Check(args) => {
+            // A policy the flags cannot make is a usage error: clap prints it and exits 2.
+            let policy = args.policy().unwrap_or_else(|usage| usage.exit());
+            check::run(args, policy)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`sluice check ... | head`): nothing left to tell anyone.
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.downcast_ref::<io::Error>()
+        .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+}

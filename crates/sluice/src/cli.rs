@@ -1,0 +1,215 @@
+//! The command line: every flag, its help text and how its value is parsed.
+//!
+//! Values are parsed by the core's own `FromStr` impls ([`Rate`], [`AlgorithmKind`]), so
+//! the CLI accepts exactly what configuration files will, and clap turns their errors into
+//! `error: invalid value '10/x' for '--policy <RATE>': ...` with exit code 2.
+
+use std::time::Duration;
+
+use clap::error::ErrorKind;
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use sluice_core::{AlgorithmKind, Policy, Rate};
+
+/// Keep traffic inside its limits: rate limits and quotas for your API and for the APIs you
+/// call.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, propagate_version = true)]
+pub(crate) struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Ask an in-memory limit for several decisions in a row and print each one.
+    ///
+    /// Useful to see what a policy does before configuring it: how much burst it allows,
+    /// how fast it refills, what a client would be told to wait. Refusals are normal
+    /// output; the exit code is 0 whenever the decisions were made.
+    Check(CheckArgs),
+}
+
+/// Flags of `sluice check`.
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    sluice check --policy 10/s --times 12\n  \
+    sluice check --policy 3/min --algorithm sliding_log --times 5 --json\n  \
+    sluice check --policy 5/s --burst 2 --times 20 --interval 100ms")]
+pub(crate) struct CheckArgs {
+    /// The rate: LIMIT/PERIOD, e.g. 100/s, 5000/min, 10/1h30m, 3/500ms.
+    #[arg(long, value_name = "RATE")]
+    pub(crate) policy: Rate,
+
+    /// How the limit counts: gcra (token bucket), fixed_window, sliding_window,
+    /// sliding_log or concurrency.
+    #[arg(long, value_name = "NAME", default_value = "gcra")]
+    pub(crate) algorithm: AlgorithmKind,
+
+    /// Most units admitted at once (gcra only; defaults to the limit).
+    #[arg(long, value_name = "N")]
+    pub(crate) burst: Option<u64>,
+
+    /// The key whose limit is asked. Every run starts from a fresh in-memory store.
+    #[arg(long, value_name = "KEY", default_value = "cli")]
+    pub(crate) key: String,
+
+    /// Units each decision asks for (e.g. tokens of an LLM call).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub(crate) cost: u64,
+
+    /// How many decisions to make, one after the other.
+    #[arg(long, value_name = "M", default_value_t = 1, value_parser = at_least_one)]
+    pub(crate) times: u64,
+
+    /// Pause between decisions, to watch the limit refill: e.g. 50ms, 1.5s, 1m30s.
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = parse_duration)]
+    pub(crate) interval: Duration,
+
+    /// Print one JSON object per decision instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+impl CheckArgs {
+    /// The policy the flags describe. A combination the core rejects (a burst on an
+    /// algorithm without one, a zero burst) comes back as a usage error naming `--burst`.
+    pub(crate) fn policy(&self) -> Result<Policy, clap::Error> {
+        let policy = Policy::new(self.algorithm, self.policy);
+        let Some(burst) = self.burst else {
+            return Ok(policy);
+        };
+        policy.with_burst(burst).map_err(|err| {
+            let mut cli = Cli::command();
+            cli.build();
+            let message = format!("invalid value '{burst}' for '--burst <N>': {err}");
+            match cli.find_subcommand_mut("check") {
+                Some(check) => check.error(ErrorKind::ValueValidation, message),
+                None => cli.error(ErrorKind::ValueValidation, message),
+            }
+        })
+    }
+}
+
+/// A count that must be at least one.
+fn at_least_one(text: &str) -> Result<u64, String> {
+    match text.trim().parse::<u64>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(err) => Err(format!("not a whole number: {err}")),
+    }
+}
+
+/// Parses a duration made of `<number><unit>` parts, e.g. `50ms`, `1.5s`, `1m30s`; units
+/// are `ns`, `us`, `ms`, `s`, `m` (or `min`) and `h`. A bare `0` means no pause.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    const UNITS: &str = "ns, us, ms, s, m, h";
+    let text = text.trim();
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if text.is_empty() {
+        return Err(format!(
+            "empty duration (expected e.g. 50ms, 1.5s; units {UNITS})"
+        ));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (number, after) = rest.split_at(number_len);
+        let value: f64 = number
+            .parse()
+            .map_err(|_| format!("expected a number at {rest:?} (e.g. 50ms, 1.5s)"))?;
+        let unit_len = after
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(after.len());
+        let (unit, after) = after.split_at(unit_len);
+        let unit_secs = match unit {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" | "min" => 60.0,
+            "h" => 3600.0,
+            "" => return Err(format!("missing unit after {number:?} (units {UNITS})")),
+            _ => return Err(format!("unknown unit {unit:?} (units {UNITS})")),
+        };
+        let part = Duration::try_from_secs_f64(value * unit_secs)
+            .map_err(|_| format!("duration {text:?} is too long"))?;
+        total = total
+            .checked_add(part)
+            .ok_or_else(|| format!("duration {text:?} is too long"))?;
+        rest = after;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_parse_in_every_documented_form() {
+        let ms = Duration::from_millis;
+        for (text, want) in [
+            ("0", ms(0)),
+            ("50ms", ms(50)),
+            ("1.5s", ms(1500)),
+            ("1m30s", ms(90_000)),
+            ("2min", ms(120_000)),
+            ("1h", ms(3_600_000)),
+            ("250us", Duration::from_micros(250)),
+            ("7ns", Duration::from_nanos(7)),
+        ] {
+            assert_eq!(parse_duration(text), Ok(want), "{text}");
+        }
+    }
+
+    #[test]
+    fn bad_durations_name_the_bad_part() {
+        for (text, part) in [
+            ("50", "missing unit"),
+            ("5x", "\"x\""),
+            ("ms", "\"ms\""),
+            ("", "empty"),
+        ] {
+            let err = parse_duration(text).unwrap_err();
+            assert!(err.contains(part), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn burst_on_a_window_is_a_usage_error_naming_the_flag() {
+        let cli = Cli::try_parse_from([
+            "sluice",
+            "check",
+            "--policy",
+            "10/s",
+            "--algorithm",
+            "fixed_window",
+            "--burst",
+            "3",
+        ])
+        .unwrap();
+        let Command::Check(args) = cli.command;
+        let err = args.policy().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ValueValidation);
+        assert!(err.to_string().contains("'--burst <N>'"), "{err}");
+    }
+
+    #[test]
+    fn times_must_be_positive() {
+        assert!(at_least_one("0").is_err());
+        assert!(at_least_one("x").is_err());
+        assert_eq!(at_least_one("3"), Ok(3));
+    }
+}
