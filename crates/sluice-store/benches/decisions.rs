@@ -59,7 +59,10 @@ fn key(i: usize) -> Key {
 }
 
 /// A fixed pseudo-random visiting order over `n` keys (xorshift, no dependency).
-#[allow(clippy::cast_possible_truncation, reason = "the remainder is below n, a usize")]
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "the remainder is below n, a usize"
+)]
 fn visiting_order(n: usize) -> Vec<usize> {
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     (0..VISITS)

@@ -64,6 +64,7 @@ fn main() {
     let store = Arc::new(MemoryStore::with_config(
         MemoryConfig {
             max_keys: 4 * per_thread,
+            shards: 4096,
             ..MemoryConfig::default()
         },
         MonotonicClock::new(),

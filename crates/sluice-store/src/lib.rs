@@ -6,6 +6,8 @@
 //! Nothing here spawns background work: callers drive cleanup
 //! ([`MemoryStore::remove_expired`]).
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
 mod memory;
 mod store;
 

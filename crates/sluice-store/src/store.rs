@@ -6,6 +6,9 @@ use std::time::Duration;
 use sluice_core::{Decision, Key, Nanos, Policy, Ticket, Verdict};
 
 /// One limit a request is checked against: which key's state, under which policy.
+///
+/// Limits share a state only if they have the same key, algorithm and period: `10/s` and
+/// `1000/h` on one user count separately.
 #[derive(Clone, Copy, Debug)]
 pub struct Limit<'a> {
     /// Whose state.
@@ -80,7 +83,8 @@ pub trait Store: Send + Sync + 'static {
         cost: u64,
     ) -> impl Future<Output = Result<Verdict, Self::Error>> + Send;
 
-    /// What a check of one unit would decide now, without debiting anything.
+    /// The limit's current state, as a check of zero units decides it: `remaining` is what
+    /// is left now. Debits nothing.
     fn peek(&self, limit: Limit<'_>) -> impl Future<Output = Result<Decision, Self::Error>> + Send;
 
     /// Takes `cost` units on every limit for the earliest instant all of them can supply

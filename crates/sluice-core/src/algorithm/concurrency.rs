@@ -38,11 +38,18 @@ pub struct LeaseState {
     pub next_id: u64,
 }
 
+/// Whether `lease` still holds its units at `now`. An expiry saturated at [`Nanos::MAX`]
+/// (a lease taken within one period of the end of time) never passes: its true expiry
+/// lies beyond the last representable instant.
+fn live(lease: &Lease, now: Nanos) -> bool {
+    lease.expires_at > now || lease.expires_at == Nanos::MAX
+}
+
 fn in_flight(state: &LeaseState, now: Nanos) -> u64 {
     state
         .leases
         .iter()
-        .filter(|lease| lease.expires_at > now)
+        .filter(|lease| live(lease, now))
         .fold(0u64, |sum, lease| sum.saturating_add(lease.cost))
 }
 
@@ -57,21 +64,29 @@ impl Algorithm for Concurrency {
         let limit = policy.limit();
         let used = in_flight(state, now);
         let remaining = limit.saturating_sub(used);
-        let last_expiry = Self::expires_at(policy, state);
-        let reset_after = until(last_expiry, now);
+        let last_expiry = state.leases.iter().map(|lease| lease.expires_at).max();
+        let reset_after = last_expiry.map_or(Duration::ZERO, |at| until(at, now));
         if !policy.admits_cost(cost) {
             return Decision::exceeds_capacity(limit, remaining, reset_after);
         }
         if cost <= remaining {
-            let reset_after = reset_after.max(Duration::from_nanos(policy.period_nanos()));
+            let reset_after = if cost == 0 {
+                reset_after
+            } else {
+                reset_after.max(Duration::from_nanos(policy.period_nanos()))
+            };
             return Decision::allow(limit, remaining - cost, reset_after);
         }
         // The latest we may have to wait: until enough leases expire (releases come sooner).
-        let mut live: Vec<&Lease> = state.leases.iter().filter(|l| l.expires_at > now).collect();
-        live.sort_by_key(|lease| lease.expires_at);
+        let mut unexpired: Vec<&Lease> = state
+            .leases
+            .iter()
+            .filter(|lease| live(lease, now))
+            .collect();
+        unexpired.sort_by_key(|lease| lease.expires_at);
         let mut still_used = used;
         let mut retry_at = now;
-        for lease in live {
+        for lease in unexpired {
             still_used = still_used.saturating_sub(lease.cost);
             retry_at = lease.expires_at;
             if still_used.saturating_add(cost) <= limit {
@@ -82,7 +97,7 @@ impl Algorithm for Concurrency {
     }
 
     fn apply(policy: &Policy, state: &mut LeaseState, cost: u64, _: Nanos, now: Nanos) -> Ticket {
-        state.leases.retain(|lease| lease.expires_at > now);
+        state.leases.retain(|lease| live(lease, now));
         if cost == 0 {
             // Nothing is held, so there is nothing to release later.
             return Ticket {
@@ -106,7 +121,7 @@ impl Algorithm for Concurrency {
     }
 
     fn refund(_: &Policy, state: &mut LeaseState, ticket: &Ticket, amount: u64, now: Nanos) {
-        state.leases.retain(|lease| lease.expires_at > now);
+        state.leases.retain(|lease| live(lease, now));
         if let Some(i) = find(state, ticket.lease) {
             let lease = &mut state.leases[i];
             lease.cost = lease.cost.saturating_sub(amount);
@@ -117,19 +132,20 @@ impl Algorithm for Concurrency {
     }
 
     fn charge(_: &Policy, state: &mut LeaseState, ticket: &Ticket, amount: u64, now: Nanos) {
-        state.leases.retain(|lease| lease.expires_at > now);
+        state.leases.retain(|lease| live(lease, now));
         if let Some(i) = find(state, ticket.lease) {
             let lease = &mut state.leases[i];
             lease.cost = lease.cost.saturating_add(amount);
         }
     }
 
+    /// The last lease's expiry, but never before `next_id`: lease ids start at `now`, so
+    /// a state may only be dropped once `now` has passed every id it handed out, or a new
+    /// state could hand out an id that a stale ticket still names.
     fn expires_at(_: &Policy, state: &LeaseState) -> Nanos {
-        state
-            .leases
-            .iter()
-            .map(|lease| lease.expires_at)
-            .max()
+        let last_lease = state.leases.iter().map(|lease| lease.expires_at).max();
+        last_lease
             .unwrap_or(Nanos::ZERO)
+            .max(Nanos::new(state.next_id))
     }
 }

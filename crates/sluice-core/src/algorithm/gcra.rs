@@ -52,7 +52,13 @@ impl Algorithm for Gcra {
                 Duration::from_nanos(debt),
             );
         }
-        let debt_after = debt.saturating_add(increment);
+        if base.as_u64().checked_add(increment).is_none() {
+            // The new `tat` would lie past the last representable instant: saturating it
+            // would forget debt and admit without bound. Nothing can be admitted any more,
+            // and no wait can help at the end of time.
+            return Decision::exceeds_capacity(policy.burst(), 0, Duration::from_nanos(debt));
+        }
+        let debt_after = debt + increment;
         if debt_after <= capacity {
             Decision::allow(
                 policy.burst(),

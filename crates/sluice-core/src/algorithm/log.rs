@@ -23,9 +23,10 @@ pub struct LogState {
 }
 
 /// Whether an admission at `at` still counts at `now`: `now − at < period`. Entries after
-/// `now` (a clock that stepped back) count too.
+/// `now` (a clock that stepped back) count too. Computed as a difference, not as
+/// `at + period > now`, which saturates (and forgets entries) at the end of time.
 fn live(policy: &Policy, at: Nanos, now: Nanos) -> bool {
-    at.plus_nanos(policy.period_nanos()) > now
+    now.as_u64().saturating_sub(at.as_u64()) < policy.period_nanos()
 }
 
 fn used(policy: &Policy, state: &LogState, now: Nanos) -> u64 {
@@ -64,7 +65,12 @@ impl Algorithm for SlidingLog {
             return Decision::exceeds_capacity(limit, remaining, reset_after);
         }
         if cost <= remaining {
-            return Decision::allow(limit, remaining - cost, until(now.plus_nanos(period), now));
+            let reset_after = if cost == 0 {
+                reset_after
+            } else {
+                until(now.plus_nanos(period), now)
+            };
+            return Decision::allow(limit, remaining - cost, reset_after);
         }
         // Walk the live entries oldest first until enough has slid out.
         let mut still_used = used;

@@ -86,13 +86,22 @@ impl Algorithm for FixedWindow {
     fn decide(policy: &Policy, state: &WindowState, cost: u64, now: Nanos) -> Decision {
         let (start, _, current) = rolled(policy, state, now);
         let limit = policy.limit();
-        let reset_after = until(start.plus_nanos(policy.period_nanos()), now);
+        let window_end = until(start.plus_nanos(policy.period_nanos()), now);
+        // Nothing counted means nothing to reset.
+        let reset_after = |counted: u64| {
+            if counted == 0 {
+                Duration::ZERO
+            } else {
+                window_end
+            }
+        };
         let remaining = limit.saturating_sub(current);
         if !policy.admits_cost(cost) {
-            Decision::exceeds_capacity(limit, remaining, reset_after)
+            Decision::exceeds_capacity(limit, remaining, reset_after(current))
         } else if cost <= remaining {
-            Decision::allow(limit, remaining - cost, reset_after)
+            Decision::allow(limit, remaining - cost, reset_after(current + cost))
         } else {
+            let reset_after = reset_after(current);
             Decision::deny(limit, remaining, reset_after, reset_after)
         }
     }
@@ -182,7 +191,11 @@ impl Algorithm for SlidingWindow {
         }
         let wanted = current.saturating_add(cost);
         if weighted.fits(wanted) {
-            let reset_after = until(start.plus_nanos(2 * period), now);
+            let reset_after = if wanted == 0 {
+                reset_after
+            } else {
+                until(start.plus_nanos(2 * period), now)
+            };
             return Decision::allow(limit, weighted.remaining(wanted), reset_after);
         }
         let retry_at = if wanted <= limit {

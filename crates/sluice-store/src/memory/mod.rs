@@ -180,7 +180,7 @@ impl<C: Clock> MemoryStore<C> {
     /// Checks one limit (the synchronous core of [`Store::check`]).
     pub fn check_now(&self, limit: Limit<'_>, cost: u64) -> Decision {
         let now = self.clock.now();
-        let fp = self.fingerprint(limit.key);
+        let fp = self.fingerprint(limit.key, limit.policy);
         let mut shard = self.lock_shard(&fp);
         let decision = with_algorithm!(limit.policy.algorithm(), A => {
             check_in::<A>(&mut shard, self.max_keys_per_shard, fp, limit.policy, cost, now)
@@ -228,7 +228,7 @@ impl<C: Clock> MemoryStore<C> {
 
     /// Gives back what a reservation took (the synchronous core of [`Store::cancel`]).
     pub fn cancel_now(&self, reservation: &Reservation) {
-        self.adjust(reservation, |hold| hold.ticket.cost);
+        self.adjust(reservation, |_| 0);
     }
 
     /// Settles a reservation to `actual` units (the synchronous core of [`Store::settle`]).
@@ -239,7 +239,7 @@ impl<C: Clock> MemoryStore<C> {
     /// The current state of one limit as a decision for zero units.
     pub fn peek_now(&self, limit: Limit<'_>) -> Decision {
         let now = self.clock.now();
-        let fp = self.fingerprint(limit.key);
+        let fp = self.fingerprint(limit.key, limit.policy);
         let mut shard = self.lock_shard(&fp);
         with_algorithm!(limit.policy.algorithm(), A => {
             let state = A::load(&mut shard.tables, &fp);
@@ -249,16 +249,20 @@ impl<C: Clock> MemoryStore<C> {
 
     /// Forgets one limit's state.
     pub fn reset_now(&self, limit: Limit<'_>) {
-        let fp = self.fingerprint(limit.key);
+        let fp = self.fingerprint(limit.key, limit.policy);
         self.lock_shard(&fp)
             .tables
             .remove(limit.policy.algorithm(), &fp);
     }
 
-    fn fingerprint(&self, key: &Key) -> Fingerprint {
+    /// The identity of a limit's state: its key and period (the algorithm picks the
+    /// table). So `10/s` and `1000/h` on one key count separately, while a hot reload that
+    /// changes only a limit's count keeps its state.
+    fn fingerprint(&self, key: &Key, policy: &Policy) -> Fingerprint {
+        let id = (key.as_str(), policy.period_nanos());
         Fingerprint {
-            lo: self.seeds.0.hash_one(key.as_str()),
-            hi: self.seeds.1.hash_one(key.as_str()),
+            lo: self.seeds.0.hash_one(id),
+            hi: self.seeds.1.hash_one(id),
         }
     }
 
@@ -284,7 +288,10 @@ impl<C: Clock> MemoryStore<C> {
     where
         F: FnMut(&mut AnyState, &Policy, Nanos) -> (Decision, Option<sluice_core::Ticket>, Nanos),
     {
-        let fps: Vec<Fingerprint> = limits.iter().map(|l| self.fingerprint(l.key)).collect();
+        let fps: Vec<Fingerprint> = limits
+            .iter()
+            .map(|l| self.fingerprint(l.key, l.policy))
+            .collect();
         let mut order: Vec<usize> = fps.iter().map(|fp| self.shard_index(fp)).collect();
         order.sort_unstable();
         order.dedup();
@@ -356,11 +363,12 @@ impl<C: Clock> MemoryStore<C> {
         (verdict, holds)
     }
 
-    /// Sets each hold of `reservation` to the cost `actual(hold)` says.
+    /// Sets each hold of `reservation` to the cost `actual(hold)` says; zero gives the whole
+    /// hold back (and releases a lease).
     fn adjust(&self, reservation: &Reservation, actual: impl Fn(&Hold) -> u64) {
         let now = self.clock.now();
         for hold in &reservation.holds {
-            let fp = self.fingerprint(&hold.key);
+            let fp = self.fingerprint(&hold.key, &hold.policy);
             let mut shard = self.lock_shard(&fp);
             let policy = &hold.policy;
             let target = actual(hold);
