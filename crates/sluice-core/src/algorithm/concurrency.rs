@@ -1,8 +1,9 @@
 //! Concurrency: leases on in-flight work, each expiring after `period` if never released.
 //!
 //! The policy `limit/period` reads "at most `limit` units in flight; a lease nobody
-//! releases frees itself after `period`". A check takes a lease that is only freed by
-//! expiry; a reservation's ticket names its lease, and cancelling it releases the lease.
+//! releases frees itself after `period`". Every admission takes a lease and its ticket
+//! names it: refunding the ticket's whole cost (a cancel) releases the lease. A plain check
+//! whose ticket is dropped holds its lease until expiry.
 //!
 //! **Bound.** At every instant, the cost of admitted leases that are neither released nor
 //! expired is at most `limit`.
@@ -69,6 +70,11 @@ impl Algorithm for Concurrency {
         if !policy.admits_cost(cost) {
             return Decision::exceeds_capacity(limit, remaining, reset_after);
         }
+        if cost > 0 && state.next_id.max(now.as_u64()) == u64::MAX {
+            // Lease ids start at `now`; at the end of time none is left to hand out, and
+            // a repeated id would let one ticket release another's lease.
+            return Decision::exceeds_capacity(limit, remaining, reset_after);
+        }
         if cost <= remaining {
             let reset_after = if cost == 0 {
                 reset_after
@@ -124,7 +130,13 @@ impl Algorithm for Concurrency {
         state.leases.retain(|lease| live(lease, now));
         if let Some(i) = find(state, ticket.lease) {
             let lease = &mut state.leases[i];
-            lease.cost = lease.cost.saturating_sub(amount);
+            // Giving back all the ticket took releases the lease, including units a settle
+            // charged on top of it.
+            lease.cost = if amount >= ticket.cost {
+                0
+            } else {
+                lease.cost.saturating_sub(amount)
+            };
             if lease.cost == 0 {
                 state.leases.swap_remove(i);
             }

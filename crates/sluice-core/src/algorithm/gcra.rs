@@ -6,7 +6,8 @@
 //!
 //! **Bound.** Over any closed interval of length `L`, the admitted cost is at most
 //! `burst + L / T` (integer division), hence never more than `burst + L × limit / period`.
-//! Refunds give capacity back on purpose; charges only ever lower what is admitted.
+//! The bound counts admissions net of refunds: a refund gives capacity back on purpose
+//! (even for units that had already refilled), while charges only lower what is admitted.
 
 use std::time::Duration;
 

@@ -61,9 +61,12 @@ pub trait Algorithm {
         }
     }
 
-    /// Gives back up to `amount` of the units `ticket` took (a cancel gives back
-    /// `ticket.cost`; for a lease that releases it). Never leaves more capacity than a
-    /// fresh limit has.
+    /// Gives back `amount` of the units `ticket` took (a cancel gives back `ticket.cost`;
+    /// for a lease that releases it). Never leaves more capacity than a fresh limit has.
+    ///
+    /// Callers give back at most `ticket.cost` and refund a ticket once: the state does not
+    /// remember tickets, so a second cancel of the same ticket would free units other
+    /// requests hold.
     fn refund(policy: &Policy, state: &mut Self::State, ticket: &Ticket, amount: u64, now: Nanos);
 
     /// Debits `amount` more for the request `ticket` admitted, whatever the remaining

@@ -1,1 +1,0 @@
-//! Table-driven tests of every algorithm at exact instants.
