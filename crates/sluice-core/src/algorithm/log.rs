@@ -15,11 +15,22 @@ use crate::time::Nanos;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SlidingLog;
 
-/// Admissions still inside the window, oldest first, as `(instant, cost)`.
+/// Admissions still inside the window, oldest first, as `(instant, cost)`, with their sum
+/// kept alongside so that a decision costs O(1) amortised, not O(entries).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LogState {
     /// Sorted by instant; one entry per instant.
-    pub entries: VecDeque<(Nanos, u64)>,
+    entries: VecDeque<(Nanos, u64)>,
+    /// The sum of every entry's cost.
+    total: u64,
+}
+
+impl LogState {
+    /// The admissions remembered, oldest first, as `(instant, cost)`; one entry per
+    /// instant. Entries that have slid out of the window may linger until the next write.
+    pub fn entries(&self) -> &VecDeque<(Nanos, u64)> {
+        &self.entries
+    }
 }
 
 /// Whether an admission at `at` still counts at `now`: `now − at < period`. Entries after
@@ -29,20 +40,23 @@ fn live(policy: &Policy, at: Nanos, now: Nanos) -> bool {
     now.as_u64().saturating_sub(at.as_u64()) < policy.period_nanos()
 }
 
+/// The cost of the live entries: the total less the expired prefix (entries are sorted,
+/// and every write prunes, so that prefix is short).
 fn used(policy: &Policy, state: &LogState, now: Nanos) -> u64 {
-    state
+    let expired = state
         .entries
         .iter()
-        .rev()
-        .take_while(|(at, _)| live(policy, *at, now))
-        .fold(0u64, |sum, (_, cost)| sum.saturating_add(*cost))
+        .take_while(|(at, _)| !live(policy, *at, now))
+        .fold(0u64, |sum, (_, cost)| sum.saturating_add(*cost));
+    state.total.saturating_sub(expired)
 }
 
 fn prune(policy: &Policy, state: &mut LogState, now: Nanos) {
-    while let Some(&(at, _)) = state.entries.front() {
+    while let Some(&(at, cost)) = state.entries.front() {
         if live(policy, at, now) {
             break;
         }
+        state.total = state.total.saturating_sub(cost);
         state.entries.pop_front();
     }
 }
@@ -105,7 +119,9 @@ impl Algorithm for SlidingLog {
             .binary_search_by_key(&ticket.at, |(at, _)| *at)
         {
             let cost = &mut state.entries[i].1;
-            *cost = cost.saturating_sub(amount);
+            let given_back = amount.min(*cost);
+            *cost -= given_back;
+            state.total -= given_back;
             if *cost == 0 {
                 state.entries.remove(i);
             }
@@ -133,6 +149,7 @@ fn add_at(state: &mut LogState, at: Nanos, cost: u64) {
     if cost == 0 {
         return;
     }
+    state.total = state.total.saturating_add(cost);
     match state.entries.binary_search_by_key(&at, |(t, _)| *t) {
         Ok(i) => state.entries[i].1 = state.entries[i].1.saturating_add(cost),
         Err(i) => state.entries.insert(i, (at, cost)),

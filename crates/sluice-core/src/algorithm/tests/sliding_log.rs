@@ -64,12 +64,12 @@ fn admissions_at_one_instant_share_an_entry_and_refunds_take_only_their_part() {
         ],
     );
     assert_eq!(
-        state.entries,
-        VecDeque::from([(Nanos::new(5 * SEC), 5), (Nanos::new(5 * SEC + NS), 1)])
+        state.entries(),
+        &VecDeque::from([(Nanos::new(5 * SEC), 5), (Nanos::new(5 * SEC + NS), 1)])
     );
     // Cancelling the first ticket takes its 2 out of the shared entry.
     SlidingLog::refund(&p, &mut state, &tickets[0], 2, Nanos::new(5500 * MS));
-    assert_eq!(state.entries[0], (Nanos::new(5 * SEC), 3));
+    assert_eq!(state.entries()[0], (Nanos::new(5 * SEC), 3));
     run::<SlidingLog>(
         &p,
         &mut state,
@@ -77,7 +77,7 @@ fn admissions_at_one_instant_share_an_entry_and_refunds_take_only_their_part() {
     );
     // Settling a ticket to zero removes what is left of its entry.
     SlidingLog::settle(&p, &mut state, &tickets[2], 0, Nanos::new(5500 * MS));
-    assert_eq!(state.entries.len(), 2);
+    assert_eq!(state.entries().len(), 2);
     assert_eq!(SlidingLog::expires_at(&p, &state), Nanos::new(6500 * MS));
 }
 
@@ -86,7 +86,7 @@ fn charge_counts_at_the_admission_instant_only_while_it_is_in_the_window() {
     let p = ten_per_second();
     let (mut state, tickets) = run_fresh::<SlidingLog>(&p, &[pass(0, 4, 6, SEC)]);
     SlidingLog::settle(&p, &mut state, &tickets[0], 7, Nanos::new(500 * MS));
-    assert_eq!(state.entries, VecDeque::from([(Nanos::ZERO, 7)]));
+    assert_eq!(state.entries(), &VecDeque::from([(Nanos::ZERO, 7)]));
     // The extra slides out with the admission, at 1 s.
     run::<SlidingLog>(&p, &mut state, &[wait(500 * MS, 4, 3, 500 * MS)]);
     // Once the admission has slid out, charging it limits nothing.
