@@ -7,7 +7,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::time::duration_nanos;
+use crate::time::{duration_nanos, parse_duration, unit_nanos};
 
 /// The longest span a policy may cover (period, or burst × emission interval): 2^62 ns,
 /// about 146 years. Keeps every `now + span` far from `u64::MAX` for any realistic `now`.
@@ -198,8 +198,8 @@ impl FromStr for Rate {
 
     /// Parses `LIMIT/PERIOD`: `100/s`, `5000/min`, `4000000/min`, `10/1h30m`, `3/500ms`.
     /// A period is a unit word (`s`, `sec`, `second`, `min`, `minute`, `h`, `hour`, `d`,
-    /// `day`, plurals allowed) or a duration made of `<number><unit>` parts with units
-    /// `ns`, `us`, `ms`, `s`, `m`, `h`, `d`.
+    /// `day`, plurals allowed) or a duration in the grammar of
+    /// [`parse_duration`](crate::time::parse_duration) (`1h30m`, `1.5s`).
     fn from_str(input: &str) -> Result<Self, Self::Err> {
         let invalid = |part: &str, reason| PolicyError::InvalidRate {
             input: input.to_owned(),
@@ -215,70 +215,23 @@ impl FromStr for Rate {
             .parse()
             .map_err(|_| invalid(limit_text, "limit is not a whole number:"))?;
         let period_text = period_text.trim();
-        let period = parse_period(period_text).map_err(|(part, reason)| invalid(part, reason))?;
+        let period = parse_period(period_text).map_err(|(part, reason)| invalid(&part, reason))?;
         Self::new(limit, period)
     }
 }
 
-/// Parses a period: a bare unit word or a compound duration like `1h30m`.
-fn parse_period(text: &str) -> Result<Duration, (&str, &'static str)> {
+/// Parses a period: a bare unit word (`s`, `min`, `hour`) or a duration like `1h30m`.
+fn parse_period(text: &str) -> Result<Duration, (String, &'static str)> {
     if text.is_empty() {
-        return Err((text, "missing period after '/':"));
+        return Err((text.to_owned(), "missing period after '/':"));
     }
-    if let Some(unit) = unit_word_nanos(text) {
+    if let Some(unit) = unit_nanos(text) {
         return Ok(Duration::from_nanos(unit));
     }
-    if !text.starts_with(|c: char| c.is_ascii_digit()) {
-        return Err((text, "unknown unit"));
+    if !text.starts_with(|c: char| c.is_ascii_digit() || c == '.') {
+        return Err((text.to_owned(), "unknown unit"));
     }
-    let mut total: u64 = 0;
-    let mut rest = text;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        if digits == 0 {
-            return Err((rest, "expected a number before the unit at"));
-        }
-        let number: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| (&rest[..digits], "number too large:"))?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let unit = &rest[..unit_len];
-        if unit.is_empty() {
-            return Err((text, "missing unit (ns, us, ms, s, m, h, d) in period"));
-        }
-        let unit_nanos = match unit {
-            "ns" => 1,
-            "us" | "µs" => 1_000,
-            "ms" => 1_000_000,
-            "s" => 1_000_000_000,
-            "m" => 60_000_000_000,
-            "h" => 3_600_000_000_000,
-            "d" => 86_400_000_000_000,
-            _ => unit_word_nanos(unit).ok_or((unit, "unknown unit"))?,
-        };
-        let part = number
-            .checked_mul(unit_nanos)
-            .ok_or((text, "period too long:"))?;
-        total = total.checked_add(part).ok_or((text, "period too long:"))?;
-        rest = &rest[unit_len..];
-    }
-    Ok(Duration::from_nanos(total))
-}
-
-fn unit_word_nanos(word: &str) -> Option<u64> {
-    Some(match word {
-        "ms" | "millisecond" | "milliseconds" => 1_000_000,
-        "s" | "sec" | "secs" | "second" | "seconds" => 1_000_000_000,
-        "m" | "min" | "mins" | "minute" | "minutes" => 60_000_000_000,
-        "h" | "hr" | "hour" | "hours" => 3_600_000_000_000,
-        "d" | "day" | "days" => 86_400_000_000_000,
-        _ => return None,
-    })
+    parse_duration(text).map_err(|err| (err.part, err.reason))
 }
 
 fn format_period(nanos: u64) -> String {

@@ -101,51 +101,9 @@ fn at_least_one(text: &str) -> Result<u64, String> {
     }
 }
 
-/// Parses a duration made of `<number><unit>` parts, e.g. `50ms`, `1.5s`, `1m30s`; units
-/// are `ns`, `us`, `ms`, `s`, `m` (or `min`) and `h`. A bare `0` means no pause.
+/// Parses a duration with the core's one duration grammar (`50ms`, `1.5s`, `1m30s`, `0`).
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    const UNITS: &str = "ns, us, ms, s, m, h";
-    let text = text.trim();
-    if text == "0" {
-        return Ok(Duration::ZERO);
-    }
-    if text.is_empty() {
-        return Err(format!(
-            "empty duration (expected e.g. 50ms, 1.5s; units {UNITS})"
-        ));
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = text;
-    while !rest.is_empty() {
-        let number_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let (number, after) = rest.split_at(number_len);
-        let value: f64 = number
-            .parse()
-            .map_err(|_| format!("expected a number at {rest:?} (e.g. 50ms, 1.5s)"))?;
-        let unit_len = after
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(after.len());
-        let (unit, after) = after.split_at(unit_len);
-        let unit_secs = match unit {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" | "min" => 60.0,
-            "h" => 3600.0,
-            "" => return Err(format!("missing unit after {number:?} (units {UNITS})")),
-            _ => return Err(format!("unknown unit {unit:?} (units {UNITS})")),
-        };
-        let part = Duration::try_from_secs_f64(value * unit_secs)
-            .map_err(|_| format!("duration {text:?} is too long"))?;
-        total = total
-            .checked_add(part)
-            .ok_or_else(|| format!("duration {text:?} is too long"))?;
-        rest = after;
-    }
-    Ok(total)
+    sluice_core::time::parse_duration(text.trim()).map_err(|err| err.to_string())
 }
 
 #[cfg(test)]

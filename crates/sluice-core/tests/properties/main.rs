@@ -11,9 +11,13 @@
 //!   settle semantics, `check == decide + apply`, `remaining` predicts admission, waiting
 //!   never hurts, `reset_after` reaches full capacity.
 //!
+//! - [`parsers`]: the parsers of outside input (rates, algorithm names, durations, keys)
+//!   never panic, name the bad part of the input, and parse back what they print.
+//!
 //! [`support`] holds the strategies and the driver that turns operations into a trace.
 
 mod bounds;
 mod gcra_model;
 mod laws;
+mod parsers;
 mod support;
