@@ -49,6 +49,39 @@ pub struct Reservation {
 }
 
 impl Reservation {
+    /// The reservation for `limits` given their all-or-nothing `verdict` and the ticket each
+    /// limit took (`None` where it took nothing), as decided at `now`: it holds the tickets
+    /// only if granted, and is ready when the last of them is.
+    pub fn new(
+        limits: &[Limit<'_>],
+        verdict: Verdict,
+        tickets: Vec<Option<Ticket>>,
+        now: Nanos,
+    ) -> Self {
+        let holds: Vec<Hold> = if verdict.allowed {
+            limits
+                .iter()
+                .zip(tickets)
+                .filter_map(|(limit, ticket)| {
+                    ticket.map(|ticket| Hold {
+                        key: limit.key.clone(),
+                        policy: *limit.policy,
+                        ticket,
+                    })
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let ready_at = holds.iter().map(|h| h.ticket.at).max().unwrap_or(now);
+        Self {
+            verdict,
+            ready_at,
+            wait: ready_at.saturating_since(now),
+            holds,
+        }
+    }
+
     /// Whether the reservation was granted.
     pub fn granted(&self) -> bool {
         self.verdict.allowed

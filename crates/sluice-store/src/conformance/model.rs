@@ -8,7 +8,7 @@ use sluice_core::{
     LogState, Nanos, SlidingLog, SlidingWindow, Ticket, Verdict, WindowState,
 };
 
-use crate::store::{Hold, Limit, Reservation};
+use crate::store::{Limit, Reservation};
 
 /// States of one algorithm, by canonical key string and period: two limits share a state
 /// only if they have the same key, algorithm and period.
@@ -147,28 +147,10 @@ impl Model {
             .map(|&limit| scratch.step(limit, cost, now, Some(max_wait)))
             .unzip();
         let verdict = Verdict::from_decisions(decisions);
-        let mut holds = Vec::new();
         if verdict.allowed {
             *self = scratch;
-            holds = limits
-                .iter()
-                .zip(tickets)
-                .filter_map(|(limit, ticket)| {
-                    ticket.map(|ticket| Hold {
-                        key: limit.key.clone(),
-                        policy: *limit.policy,
-                        ticket,
-                    })
-                })
-                .collect();
         }
-        let ready_at = holds.iter().map(|h| h.ticket.at).max().unwrap_or(now);
-        Reservation {
-            verdict,
-            ready_at,
-            wait: ready_at.saturating_since(now),
-            holds,
-        }
+        Reservation::new(limits, verdict, tickets, now)
     }
 
     /// [`Store::cancel`](crate::Store::cancel): refunds each hold's whole cost to its state,

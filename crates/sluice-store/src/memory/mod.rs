@@ -191,12 +191,12 @@ impl<C: Clock> MemoryStore<C> {
 
     /// Checks several limits all or nothing (the synchronous core of [`Store::check_all`]).
     pub fn check_all_now(&self, limits: &[Limit<'_>], cost: u64) -> Verdict {
-        let (verdict, _) = self.transact(limits, |scratch, policy, now| {
+        let (verdict, _, _) = self.transact(limits, |scratch, policy, now| {
             with_algorithm!(policy.algorithm(), A => {
                 let state = A::scratch_mut(scratch);
                 let decision = A::decide(policy, state, cost, now);
                 let ticket = decision.allowed.then(|| A::apply(policy, state, cost, now, now));
-                (decision, ticket, now)
+                (decision, ticket)
             })
         });
         verdict
@@ -205,7 +205,7 @@ impl<C: Clock> MemoryStore<C> {
     /// Reserves on several limits all or nothing (the synchronous core of
     /// [`Store::reserve`]).
     pub fn reserve_now(&self, limits: &[Limit<'_>], cost: u64, max_wait: Duration) -> Reservation {
-        let (verdict, holds) = self.transact(limits, |scratch, policy, now| {
+        let (verdict, tickets, now) = self.transact(limits, |scratch, policy, now| {
             with_algorithm!(policy.algorithm(), A => {
                 let state = A::scratch_mut(scratch);
                 let plan = A::plan(policy, state, cost, now, max_wait);
@@ -213,17 +213,10 @@ impl<C: Clock> MemoryStore<C> {
                     .decision
                     .allowed
                     .then(|| A::apply(policy, state, cost, plan.ready_at, now));
-                (plan.decision, ticket, plan.ready_at)
+                (plan.decision, ticket)
             })
         });
-        let now = self.clock.now();
-        let ready_at = holds.iter().map(|h| h.ticket.at).max().unwrap_or(now);
-        Reservation {
-            wait: ready_at.saturating_since(now),
-            ready_at,
-            verdict,
-            holds,
-        }
+        Reservation::new(limits, verdict, tickets, now)
     }
 
     /// Gives back what a reservation took (the synchronous core of [`Store::cancel`]).
@@ -284,9 +277,13 @@ impl<C: Clock> MemoryStore<C> {
 
     /// Runs `step` for each limit in order on scratch copies of their states, with every
     /// shard involved locked; writes the copies back only if every step allowed.
-    fn transact<F>(&self, limits: &[Limit<'_>], mut step: F) -> (Verdict, Vec<Hold>)
+    fn transact<F>(
+        &self,
+        limits: &[Limit<'_>],
+        mut step: F,
+    ) -> (Verdict, Vec<Option<sluice_core::Ticket>>, Nanos)
     where
-        F: FnMut(&mut AnyState, &Policy, Nanos) -> (Decision, Option<sluice_core::Ticket>, Nanos),
+        F: FnMut(&mut AnyState, &Policy, Nanos) -> (Decision, Option<sluice_core::Ticket>),
     {
         let fps: Vec<Fingerprint> = limits
             .iter()
@@ -322,12 +319,11 @@ impl<C: Clock> MemoryStore<C> {
                     scratch.len() - 1
                 }
             };
-            let (decision, ticket, _) = step(&mut scratch[slot].3, limit.policy, now);
+            let (decision, ticket) = step(&mut scratch[slot].3, limit.policy, now);
             decisions.push(decision);
             tickets.push(ticket);
         }
         let verdict = Verdict::from_decisions(decisions);
-        let mut holds = Vec::new();
         if verdict.allowed {
             for (limit, fp) in limits.iter().zip(&fps) {
                 let kind = limit.policy.algorithm();
@@ -344,23 +340,12 @@ impl<C: Clock> MemoryStore<C> {
                     });
                 }
             }
-            holds = limits
-                .iter()
-                .zip(tickets)
-                .filter_map(|(limit, ticket)| {
-                    ticket.map(|ticket| Hold {
-                        key: limit.key.clone(),
-                        policy: *limit.policy,
-                        ticket,
-                    })
-                })
-                .collect();
         }
         for ((limit, fp), decision) in limits.iter().zip(&fps).zip(&verdict.decisions) {
             let g = shard_of(fp);
             self.sample(&mut guards[g], *fp, limit.key, !decision.allowed, now);
         }
-        (verdict, holds)
+        (verdict, tickets, now)
     }
 
     /// Sets each hold of `reservation` to the cost `actual(hold)` says; zero gives the whole
