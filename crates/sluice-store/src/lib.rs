@@ -13,3 +13,8 @@ mod store;
 
 pub use memory::{HotKey, HotKeysConfig, MemoryConfig, MemoryStats, MemoryStore};
 pub use store::{Hold, Limit, Reservation, Store};
+
+/// The README's Rust examples, compiled and run as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeExamples;
