@@ -141,11 +141,7 @@ fn many_keys(c: &mut Criterion) {
     }
 
     let keys: Vec<Key> = (0..MANY_KEYS).map(key).collect();
-    for kind in [
-        AlgorithmKind::Gcra,
-        AlgorithmKind::FixedWindow,
-        AlgorithmKind::SlidingWindow,
-    ] {
+    for kind in AlgorithmKind::ALL {
         let store = MemoryStore::with_config(
             MemoryConfig {
                 max_keys: 2 * MANY_KEYS,
@@ -155,7 +151,24 @@ fn many_keys(c: &mut Criterion) {
         );
         let policy = policy(kind);
         for key in &keys {
-            now_or_never(store.check(Limit::new(key, &policy), 1)).expect("valid bench input");
+            now_or_never(store.check(Limit::new(key, &policy), 1)).expect("infallible");
+        }
+        if kind == AlgorithmKind::Concurrency {
+            group.bench_function(
+                BenchmarkId::new("sluice", "concurrency_acquire_release"),
+                |b| {
+                    b.iter(|| {
+                        for &i in &order {
+                            let limits = [Limit::new(&keys[i], &policy)];
+                            let lease = now_or_never(store.reserve(&limits, 1, Duration::ZERO))
+                                .expect("infallible");
+                            now_or_never(store.cancel(&lease)).expect("infallible");
+                            black_box(lease.granted());
+                        }
+                    })
+                },
+            );
+            continue;
         }
         group.bench_function(BenchmarkId::new("sluice", kind), |b| {
             b.iter(|| {
@@ -163,7 +176,7 @@ fn many_keys(c: &mut Criterion) {
                     let limit = Limit::new(&keys[i], &policy);
                     black_box(
                         now_or_never(store.check(limit, 1))
-                            .expect("valid bench input")
+                            .expect("infallible")
                             .allowed,
                     );
                 }
