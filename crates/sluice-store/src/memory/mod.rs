@@ -6,6 +6,7 @@
 //! writes back only if every limit allowed. The number of keys is bounded: when a shard is
 //! full, states that decide like fresh ones go first, then those closest to expiring.
 
+mod flat;
 mod hot;
 mod lock;
 mod table;

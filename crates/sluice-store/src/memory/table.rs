@@ -1,9 +1,7 @@
-//! Typed state tables: one per algorithm, so a GCRA key costs 24 bytes plus the map's
-//! control byte, whatever the other algorithms need.
+//! Typed state tables: one per algorithm, so a GCRA key costs one 24-byte slot, whatever
+//! the other algorithms need.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hash, Hasher};
-
+use super::flat::FlatMap;
 use sluice_core::{
     Algorithm, AlgorithmKind, Concurrency, FixedWindow, Gcra, GcraState, LeaseState, LogState,
     Nanos, Policy, SlidingLog, SlidingWindow, WindowState,
@@ -13,43 +11,18 @@ use sluice_core::{
 /// strings: two distinct keys share state only if their fingerprints collide, which for
 /// 10^9 keys happens with probability below 10^-20, and the per-store random seeds keep a
 /// client from choosing keys that collide.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Fingerprint {
     /// Picks the shard.
     pub(crate) lo: u64,
-    /// Feeds the shard's hash map.
+    /// Picks the slot in the shard's table.
     pub(crate) hi: u64,
 }
 
-impl Hash for Fingerprint {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64(self.hi);
-    }
-}
-
-/// Passes an already well-mixed `u64` through as the hash.
-#[derive(Default)]
-pub(crate) struct PassThrough(u64);
-
-impl Hasher for PassThrough {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `write_u64` is used by `Fingerprint`; fold anything else in for safety.
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-pub(crate) type Table<V> = HashMap<Fingerprint, V, BuildHasherDefault<PassThrough>>;
+pub(crate) type Table<V> = FlatMap<V>;
 
 /// A stored state that knows when it expires.
-pub(crate) trait Slot<S>: Send {
+pub(crate) trait Slot<S>: Default + Send {
     fn new(state: S, expires_at: Nanos) -> Self;
     fn state(&self) -> &S;
     fn state_mut(&mut self) -> &mut S;
@@ -76,13 +49,13 @@ impl Slot<Self> for GcraState {
 }
 
 /// Any other state, with the expiry its policy gave it when last written.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct Timed<S> {
     state: S,
     expires_at: Nanos,
 }
 
-impl<S: Send> Slot<S> for Timed<S> {
+impl<S: Default + Send> Slot<S> for Timed<S> {
     fn new(state: S, expires_at: Nanos) -> Self {
         Self { state, expires_at }
     }
