@@ -251,6 +251,10 @@ fn hot_keys_rank_the_most_hit_key_first_and_count_its_refusals() {
         assert_eq!((h.hits, h.refusals), (10, 0));
     }
     assert_eq!(store.hot_keys(100).len(), 6);
+    // Only the hot key was ever refused.
+    let refused = store.hot_keys_by_refusals(10);
+    assert_eq!(refused.len(), 1);
+    assert_eq!((&refused[0].key, refused[0].refusals), (&hot, 900));
 }
 
 #[test]

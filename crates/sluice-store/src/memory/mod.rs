@@ -168,12 +168,25 @@ impl<C: Clock> MemoryStore<C> {
     /// The `n` keys with the most hits over the last one to two hot-key windows, hottest
     /// first.
     pub fn hot_keys(&self, n: usize) -> Vec<HotKey> {
+        self.top_keys(n, |key| key.hits)
+    }
+
+    /// The `n` keys refused most often over the last one to two hot-key windows, among the
+    /// keys tracked as hot (a key refused often is hit often), most refused first.
+    pub fn hot_keys_by_refusals(&self, n: usize) -> Vec<HotKey> {
+        let mut refused = self.top_keys(usize::MAX, |key| key.refusals);
+        refused.retain(|key| key.refusals > 0);
+        refused.truncate(n);
+        refused
+    }
+
+    fn top_keys(&self, n: usize, rank: impl Fn(&HotKey) -> u64) -> Vec<HotKey> {
         let now = self.clock.now();
         let mut all = Vec::new();
         for shard in self.shards.iter() {
             lock(&shard.0).hot.collect(&self.hot_keys, now, &mut all);
         }
-        all.sort_by(|a, b| b.hits.cmp(&a.hits).then_with(|| a.key.cmp(&b.key)));
+        all.sort_by(|a, b| rank(b).cmp(&rank(a)).then_with(|| a.key.cmp(&b.key)));
         all.truncate(n);
         all
     }
