@@ -1,7 +1,7 @@
 //! `MemoryStore`: the embedded default store, a sharded map from key fingerprint to state.
 //!
-//! Each shard is a mutex over one table per algorithm; a decision holds one shard's lock
-//! for a hash lookup and a few arithmetic operations. A request checked against several
+//! Each shard is a spin-then-yield lock over one table per algorithm; a decision holds one
+//! shard's lock for a table lookup (usually one cache miss) and a few arithmetic operations. A request checked against several
 //! limits locks their shards in ascending order (no deadlocks), decides on copies, and
 //! writes back only if every limit allowed. The number of keys is bounded: when a shard is
 //! full, states that decide like fresh ones go first, then those closest to expiring.
