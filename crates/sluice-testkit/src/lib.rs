@@ -17,10 +17,25 @@
 //! assert!(Gcra::check(&policy, &mut state, 1, clock.advance_ms(1)).allowed);
 //! ```
 //!
-//! Not here yet; later issues add them as the crates that need them arrive:
-//! `RedisServer::spawn` and `RedisCluster::spawn` (a throwaway `redis-server` or Redis
-//! Cluster on free ports, torn down on drop) for `sluice-redis`, and a fake quota-limited
-//! upstream that answers with OpenAI-style rate limit headers for `sluice-egress`.
+//! For `sluice-redis` it runs real Redis: [`RedisServer::spawn`] starts a throwaway
+//! `redis-server` and [`RedisCluster::spawn`] a throwaway Redis Cluster, on free loopback
+//! ports (never 6379) with persistence off, each killed by its process id and its
+//! directory removed when dropped. Both need `redis-server` (and, for a cluster,
+//! `redis-cli`) on `PATH`; `scripts/test` installs them. Fault tests stop and restart
+//! them on the same ports, and drive them with a tiny RESP helper ([`RedisServer::command`])
+//! that needs no Redis client crate.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), sluice_testkit::TestkitError> {
+//! let redis = sluice_testkit::RedisServer::spawn()?;
+//! assert_eq!(redis.command(&["PING"])?, "PONG");
+//! let cluster = sluice_testkit::RedisCluster::spawn(3)?; // ready: cluster_state:ok
+//! assert_eq!(cluster.urls().len(), 3);
+//! # Ok(()) }
+//! ```
+//!
+//! Not here yet: a fake quota-limited upstream that answers with OpenAI-style rate limit
+//! headers, for `sluice-egress`.
 //!
 //! `sluice-core`'s own unit tests cannot use this crate: through it they would see a
 //! second copy of `sluice-core` whose types differ from `crate::*`. Its integration tests
@@ -29,6 +44,16 @@
 use std::time::Duration;
 
 pub use sluice_core::{Clock, ManualClock, Nanos};
+
+mod error;
+mod port;
+mod redis;
+mod resp;
+
+pub use error::TestkitError;
+pub use port::free_port;
+pub use redis::{RedisCluster, RedisServer};
+pub use resp::Reply;
 
 /// Nanoseconds in one second.
 const NANOS_PER_SEC: u64 = 1_000_000_000;
