@@ -24,6 +24,10 @@ pub struct Decision {
     /// The cost is larger than this limit can ever admit (more than its burst or limit);
     /// retrying will not help. Always refused.
     pub cost_exceeds_capacity: bool,
+    /// Decided without the shared store (fail-open or local fallback); the numbers may not
+    /// reflect other instances. Always false from an algorithm; set by a store that answers
+    /// without its primary (sluice-store's `FallbackStore`).
+    pub degraded: bool,
 }
 
 impl Decision {
@@ -36,6 +40,7 @@ impl Decision {
             reset_after,
             retry_after: None,
             cost_exceeds_capacity: false,
+            degraded: false,
         }
     }
 
@@ -53,6 +58,7 @@ impl Decision {
             reset_after,
             retry_after: Some(retry_after),
             cost_exceeds_capacity: false,
+            degraded: false,
         }
     }
 
@@ -65,6 +71,16 @@ impl Decision {
             reset_after,
             retry_after: None,
             cost_exceeds_capacity: true,
+            degraded: false,
+        }
+    }
+
+    /// The same decision marked [`degraded`](Self::degraded).
+    #[must_use]
+    pub const fn into_degraded(self) -> Self {
+        Self {
+            degraded: true,
+            ..self
         }
     }
 

@@ -3,7 +3,8 @@
 //! Policies ([`Policy`], [`Rate`]), the algorithms ([`Gcra`], [`FixedWindow`],
 //! [`SlidingWindow`], [`SlidingLog`], [`Concurrency`]) as stateless functions over a compact
 //! state, the [`Decision`] every caller renders its answer from, reservation [`Ticket`]s,
-//! canonical [`Key`]s and the [`Clock`] abstraction.
+//! canonical [`Key`]s, the [`Clock`] abstraction and a [`CircuitBreaker`] for anything that
+//! can fail (a shared store, an upstream API).
 //!
 //! This crate does no I/O, spawns nothing and never reads a clock outside [`clock`]: every
 //! operation takes `now`. Where state lives (memory, Redis) is the business of
@@ -25,6 +26,7 @@
 //! ```
 
 pub mod algorithm;
+pub mod breaker;
 pub mod clock;
 pub mod decision;
 pub mod key;
@@ -35,6 +37,7 @@ pub use algorithm::{
     Algorithm, Concurrency, FixedWindow, Gcra, GcraState, Lease, LeaseState, LogState, SlidingLog,
     SlidingWindow, WindowState,
 };
+pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker, Permit, Rejected};
 pub use clock::{Clock, ManualClock, MonotonicClock};
 pub use decision::{Decision, Plan, Ticket, Verdict};
 pub use key::{Key, KeyError};

@@ -5,7 +5,30 @@ use std::time::Duration;
 
 use sluice_core::{Decision, Key, Nanos, Policy, Ticket, Verdict};
 
-/// One limit a request is checked against: which key's state, under which policy.
+/// What a limit decides when the shared store cannot be asked (it failed, timed out, or
+/// its circuit breaker is open). Only a store that wraps another, like
+/// [`FallbackStore`](crate::FallbackStore), acts on it; every other store ignores it.
+///
+/// Each decision made under a failure policy is marked
+/// [`degraded`](sluice_core::Decision::degraded).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum FailurePolicy {
+    /// Allow: availability over accuracy. The decision reports the whole capacity as
+    /// remaining (nothing is counted meanwhile). A cost beyond the limit's capacity is
+    /// still refused, as any store would.
+    FailOpen,
+    /// Refuse: accuracy over availability, for limits that protect something that must
+    /// never be overrun. `retry_after` is when the shared store may be asked again.
+    FailClosed,
+    /// Decide from the local (secondary) store meanwhile: each instance enforces the limit
+    /// on its own, so together they may admit up to the limit times the number of
+    /// instances. The default.
+    #[default]
+    Local,
+}
+
+/// One limit a request is checked against: which key's state, under which policy, and
+/// what to decide when the shared store cannot be asked.
 ///
 /// Limits share a state only if they have the same key, algorithm and period: `10/s` and
 /// `1000/h` on one user count separately.
@@ -15,12 +38,25 @@ pub struct Limit<'a> {
     pub key: &'a Key,
     /// How it counts.
     pub policy: &'a Policy,
+    /// What to decide when the shared store fails (see [`FailurePolicy`]).
+    pub on_failure: FailurePolicy,
 }
 
 impl<'a> Limit<'a> {
-    /// The limit `policy` on `key`.
+    /// The limit `policy` on `key`, falling back to the local store when the shared store
+    /// fails ([`FailurePolicy::Local`]).
     pub const fn new(key: &'a Key, policy: &'a Policy) -> Self {
-        Self { key, policy }
+        Self {
+            key,
+            policy,
+            on_failure: FailurePolicy::Local,
+        }
+    }
+
+    /// The same limit with another failure policy.
+    #[must_use]
+    pub const fn on_failure(self, on_failure: FailurePolicy) -> Self {
+        Self { on_failure, ..self }
     }
 }
 
@@ -46,6 +82,11 @@ pub struct Reservation {
     pub wait: Duration,
     /// What was taken, one per limit; empty when refused.
     pub holds: Vec<Hold>,
+    /// Made without the shared store: its holds live in a
+    /// [`FallbackStore`](crate::FallbackStore)'s secondary (local) store, which is where
+    /// that store sends its cancel and settle, and `ready_at` is on the secondary's
+    /// timeline. Always false from a store that does not wrap another.
+    pub degraded: bool,
 }
 
 impl Reservation {
@@ -79,6 +120,7 @@ impl Reservation {
             ready_at,
             wait: ready_at.saturating_since(now),
             holds,
+            degraded: false,
         }
     }
 
