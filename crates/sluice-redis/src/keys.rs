@@ -1,0 +1,75 @@
+//! Redis key names and the policies a Redis store can hold.
+//!
+//! A limit's state lives at `<prefix>:{<tag>}:<algorithm>:<period ns>:<canonical key>`. The
+//! hash tag is the key's domain (the part before the first `|`), so every limit of one
+//! request in one domain lands on one cluster slot and a multi-limit check stays one
+//! script call. Canonical keys escape `{` and `}`, so a client cannot move the tag.
+
+use sluice_core::{AlgorithmKind, Key, Policy};
+
+/// The longest span (period, or burst × emission interval) a Redis-held policy may have:
+/// 2^52 ns, about 52 days. The script computes in Lua numbers, which are exact integers
+/// only below 2^53.
+pub const MAX_SPAN_NANOS: u64 = 1 << 52;
+
+/// The one-letter code the script uses for an algorithm.
+pub(crate) fn code(kind: AlgorithmKind) -> &'static str {
+    match kind {
+        AlgorithmKind::Gcra => "g",
+        AlgorithmKind::FixedWindow => "f",
+        AlgorithmKind::SlidingWindow => "s",
+        AlgorithmKind::SlidingLog => "l",
+        AlgorithmKind::Concurrency => "c",
+    }
+}
+
+/// The Redis key of `policy`'s state for `key`.
+pub(crate) fn redis_key(prefix: &str, key: &Key, policy: &Policy) -> String {
+    let canonical = key.as_str();
+    let tag = canonical.split('|').next().unwrap_or(canonical);
+    format!(
+        "{prefix}:{{{tag}}}:{}:{}:{canonical}",
+        code(policy.algorithm()),
+        policy.period_nanos()
+    )
+}
+
+/// Whether the script can compute `policy` exactly.
+pub(crate) fn supported(policy: &Policy) -> Result<(), &'static str> {
+    let capacity = u128::from(policy.burst()) * u128::from(policy.emission_nanos());
+    if policy.period_nanos() >= MAX_SPAN_NANOS {
+        Err("period is longer than the Redis store's 52 days")
+    } else if capacity >= u128::from(MAX_SPAN_NANOS) {
+        Err("burst × emission interval is longer than the Redis store's 52 days")
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_the_domain_hash_tag() {
+        let p = Policy::parse("gcra", "10/s").unwrap();
+        let user = Key::new("api", [("user", "42")]).unwrap();
+        let global = Key::new("api", [("scope", "all")]).unwrap();
+        assert_eq!(
+            redis_key("sluice", &user, &p),
+            "sluice:{api}:g:1000000000:api|user=42"
+        );
+        assert!(redis_key("sluice", &global, &p).starts_with("sluice:{api}:"));
+        let sneaky = Key::new("a}b{c", [("k", "v")]).unwrap();
+        assert_eq!(
+            redis_key("x", &sneaky, &p),
+            "x:{a%7Db%7Bc}:g:1000000000:a%7Db%7Bc|k=v"
+        );
+    }
+
+    #[test]
+    fn long_spans_are_refused() {
+        assert!(supported(&Policy::parse("gcra", "10/d").unwrap()).is_ok());
+        assert!(supported(&Policy::parse("fixed_window", "10/60d").unwrap()).is_err());
+    }
+}

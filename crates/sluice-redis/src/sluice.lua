@@ -1,0 +1,527 @@
+-- sluice: every sluice-core algorithm over Redis, in one script for every operation, so
+-- that a request checked against several limits costs one round trip and is all or
+-- nothing. The arithmetic mirrors crates/sluice-core/src/algorithm/*.rs exactly.
+--
+-- Lua numbers are doubles: exact integers only below 2^53. Instants (nanoseconds since the
+-- Unix epoch, ~1.8e18) do not fit, so the script works with offsets from `now`, which do:
+-- every span a policy may have (period, burst x emission interval) is below 2^52 ns (the
+-- Rust side checks). Stored instants are decimal strings of nanoseconds.
+--
+-- ARGV: op, now ('' = Redis TIME), cost, max_wait, min_ttl_ms (a floor under every key's
+-- TTL: keys expire in Redis' real time, so a caller passing its own timeline asks for
+-- TTLs that real time cannot outrun), then per limit 6 values:
+--   key index (1-based into KEYS), algorithm (g f s l c), limit, period, burst, emission
+-- For 'refund' and 'settle' each limit is followed by 3 more: ticket cost, ticket at, lease;
+-- 'settle' reads the actual cost from the cost argument.
+-- Reply: per limit 9 values: allowed, limit, remaining, reset_after, retry_after (-1 for
+-- none), exceeds capacity, ready_at, ticket at, lease; then the script's `now`.
+
+local E9 = 1000000000
+local floor = math.floor
+
+local op = ARGV[1]
+local now_s, now_n
+if ARGV[2] == '' then
+  local t = redis.call('TIME')
+  now_s, now_n = tonumber(t[1]), tonumber(t[2]) * 1000
+else
+  local text = ARGV[2]
+  if #text > 9 then
+    now_s, now_n = tonumber(string.sub(text, 1, -10)), tonumber(string.sub(text, -9))
+  else
+    now_s, now_n = 0, tonumber(text)
+  end
+end
+local cost = tonumber(ARGV[3])
+local max_wait = tonumber(ARGV[4])
+local min_ttl_ms = tonumber(ARGV[5])
+
+-- Exact integer helpers (all inputs below 2^53).
+
+local function idiv(a, b)
+  local q = floor(a / b)
+  while q * b > a do q = q - 1 end
+  while (q + 1) * b <= a do q = q + 1 end
+  return q
+end
+
+-- floor(a * b / c) and the remainder, by binary long multiplication; `cap` bounds the
+-- quotient (the caller only needs min(quotient, cap)).
+local function muldiv(a, b, c, cap)
+  local q, r = 0, 0
+  local p = 1
+  while p * 2 <= a do p = p * 2 end
+  while p >= 1 do
+    q, r = q * 2, r * 2
+    if r >= c then r = r - c; q = q + 1 end
+    if a >= p then
+      a = a - p
+      r = r + b
+      local k = idiv(r, c)
+      q, r = q + k, r - k * c
+    end
+    if cap and q >= cap then return cap, 0 end
+    p = p / 2
+  end
+  return q, r
+end
+
+-- Instants as offsets from now.
+local function offset(text)
+  if text == nil or text == '' then return nil end
+  local s, n
+  if #text > 9 then
+    s, n = tonumber(string.sub(text, 1, -10)), tonumber(string.sub(text, -9))
+  else
+    s, n = 0, tonumber(text)
+  end
+  return (s - now_s) * E9 + (n - now_n)
+end
+
+local function absolute(off)
+  local t = now_n + off
+  local c = floor(t / E9)
+  local r = t - c * E9
+  if r < 0 then c = c - 1; r = r + E9 elseif r >= E9 then c = c + 1; r = r - E9 end
+  local s = now_s + c
+  if s <= 0 then return string.format('%d', r) end
+  return string.format('%d%09d', s, r)
+end
+
+-- now mod p, exactly.
+local function now_mod(p)
+  local _, r = muldiv(now_s, E9, p)
+  return (r + now_n) % p
+end
+
+local function decision(allowed, limit, remaining, reset, retry, exceeds)
+  return { allowed = allowed, limit = limit, remaining = remaining, reset = reset,
+           retry = retry, exceeds = exceeds }
+end
+
+-- GCRA: state { tat } (offset).
+
+local gcra = {}
+-- A fresh bucket is full: any arrival time at or before now (-1) says so.
+function gcra.load(v) if not v then return { tat = -1 } end return { tat = offset(v) } end
+function gcra.save(st) return absolute(st.tat) end
+function gcra.expires(p, st) return st.tat end
+local function tokens(capacity, debt, t)
+  if debt >= capacity then return 0 end
+  return idiv(capacity - debt, t)
+end
+function gcra.decide(p, st, c)
+  local t = p.emission
+  local capacity = p.burst * t
+  local debt = st.tat > 0 and st.tat or 0
+  if c > p.burst then
+    return decision(false, p.burst, tokens(capacity, debt, t), debt, -1, true)
+  end
+  local after = debt + c * t
+  if after <= capacity then
+    return decision(true, p.burst, tokens(capacity, after, t), after, -1, false)
+  end
+  return decision(false, p.burst, tokens(capacity, debt, t), debt, after - capacity, false)
+end
+function gcra.plan(p, st, c, wait_max)
+  local d = gcra.decide(p, st, c)
+  if d.allowed or d.exceeds then return d, 0 end
+  if d.retry > wait_max then
+    d.retry = d.retry - wait_max
+    return d, 0
+  end
+  local debt = st.tat > 0 and st.tat or 0
+  return decision(true, p.burst, 0, debt + c * p.emission, -1, false), d.retry
+end
+function gcra.apply(p, st, c)
+  local base = st.tat > 0 and st.tat or 0
+  st.tat = base + c * p.emission
+  return ''
+end
+function gcra.refund(p, st, ticket, amount)
+  if st.tat <= 0 then return end
+  local back = st.tat - amount * p.emission
+  st.tat = back > 0 and back or 0
+end
+function gcra.charge(p, st, ticket, amount)
+  local base = st.tat > 0 and st.tat or 0
+  st.tat = base + amount * p.emission
+end
+
+-- Windows: state { start (offset), current, previous }.
+
+local function load_window(v)
+  if v == nil or v == false then return { start = nil, current = 0, previous = 0 } end
+  local start, current, previous = string.match(v, '^(%d+) (%d+) (%d+)$')
+  return { start = offset(start), current = tonumber(current), previous = tonumber(previous) }
+end
+local function save_window(st)
+  return absolute(st.start) .. ' ' .. string.format('%d', st.current) .. ' '
+    .. string.format('%d', st.previous)
+end
+-- (start, previous, current) as of now.
+local function rolled(p, st)
+  local start = -now_mod(p.period)
+  if st.start ~= nil and st.start >= start then return st.start, st.previous, st.current end
+  if st.start ~= nil and st.start + p.period == start then return start, st.current, 0 end
+  return start, 0, 0
+end
+local function roll(p, st)
+  st.start, st.previous, st.current = rolled(p, st)
+end
+local function debit(p, st, c)
+  roll(p, st)
+  st.current = st.current + c
+end
+local function refund_window(p, st, ticket, amount)
+  local at = ticket.at
+  local ticket_start = at - ((now_mod(p.period) + at) % p.period)
+  if ticket_start == st.start then
+    st.current = st.current > amount and st.current - amount or 0
+  elseif ticket_start + p.period == st.start then
+    st.previous = st.previous > amount and st.previous - amount or 0
+  end
+end
+
+local fixed = { load = load_window, save = save_window }
+function fixed.expires(p, st) return st.start and st.start + p.period end
+function fixed.decide(p, st, c)
+  local start, _, current = rolled(p, st)
+  local window_end = start + p.period
+  local function reset(counted) if counted == 0 then return 0 end return window_end end
+  local remaining = p.limit > current and p.limit - current or 0
+  if c > p.limit then return decision(false, p.limit, remaining, reset(current), -1, true) end
+  if c <= remaining then return decision(true, p.limit, remaining - c, reset(current + c), -1, false) end
+  local r = reset(current)
+  return decision(false, p.limit, remaining, r, r, false)
+end
+function fixed.apply(p, st, c) debit(p, st, c); return '' end
+function fixed.refund(p, st, ticket, amount) roll(p, st); refund_window(p, st, ticket, amount) end
+function fixed.charge(p, st, ticket, amount) debit(p, st, amount) end
+
+local sliding = { load = load_window, save = save_window }
+function sliding.expires(p, st) return st.start and st.start + 2 * p.period end
+-- ceil(previous * (period - elapsed) / period): the previous window's weight in whole units.
+local function weight(p, start, previous)
+  local elapsed = -start
+  if elapsed > p.period then elapsed = p.period end
+  if elapsed < 0 then elapsed = 0 end
+  local q, r = muldiv(previous, p.period - elapsed, p.period)
+  if r > 0 then q = q + 1 end
+  return q
+end
+local function elapsed_when_fits(period, previous, room)
+  if previous == 0 then return 0 end
+  local slack = muldiv(room, period, previous, period)
+  return period - slack
+end
+function sliding.decide(p, st, c)
+  local start, previous, current = rolled(p, st)
+  local period, limit = p.period, p.limit
+  local w = weight(p, start, previous)
+  local function remaining(used)
+    local left = limit - used - w
+    return left > 0 and left or 0
+  end
+  local reset
+  if current > 0 then reset = start + 2 * period
+  elseif previous > 0 then reset = start + period
+  else reset = 0 end
+  if reset < 0 then reset = 0 end
+  if c > limit then return decision(false, limit, remaining(current), reset, -1, true) end
+  local wanted = current + c
+  if wanted <= limit and w <= limit - wanted then
+    if wanted ~= 0 then reset = start + 2 * period end
+    return decision(true, limit, remaining(wanted), reset, -1, false)
+  end
+  local retry_at
+  if wanted <= limit then
+    retry_at = start + elapsed_when_fits(period, previous, limit - wanted)
+  else
+    retry_at = start + period + elapsed_when_fits(period, current, limit - c)
+  end
+  local retry = retry_at > 1 and retry_at or 1
+  return decision(false, limit, remaining(current), reset, retry, false)
+end
+function sliding.apply(p, st, c) debit(p, st, c); return '' end
+function sliding.refund(p, st, ticket, amount) roll(p, st); refund_window(p, st, ticket, amount) end
+function sliding.charge(p, st, ticket, amount) debit(p, st, amount) end
+
+-- Sliding log: state { entries = { {at, cost}... } sorted, total }.
+
+local log = {}
+function log.load(v)
+  local st = { entries = {}, total = 0 }
+  if v == nil or v == false then return st end
+  for at, c in string.gmatch(v, '(%d+):(%d+)') do
+    local n = tonumber(c)
+    table.insert(st.entries, { offset(at), n })
+    st.total = st.total + n
+  end
+  return st
+end
+function log.save(st)
+  local parts = {}
+  for i, e in ipairs(st.entries) do parts[i] = absolute(e[1]) .. ':' .. string.format('%d', e[2]) end
+  return table.concat(parts, ',')
+end
+function log.expires(p, st)
+  local last = st.entries[#st.entries]
+  if last == nil then return nil end
+  return last[1] + p.period
+end
+local function live(p, at) return -at < p.period end
+local function prune(p, st)
+  while st.entries[1] ~= nil and not live(p, st.entries[1][1]) do
+    st.total = st.total - st.entries[1][2]
+    table.remove(st.entries, 1)
+  end
+end
+local function used(p, st)
+  local expired = 0
+  for _, e in ipairs(st.entries) do
+    if live(p, e[1]) then break end
+    expired = expired + e[2]
+  end
+  return st.total - expired
+end
+local function find(st, at)
+  for i, e in ipairs(st.entries) do
+    if e[1] == at then return i end
+    if e[1] > at then return nil, i end
+  end
+  return nil, #st.entries + 1
+end
+local function add_at(st, at, c)
+  if c == 0 then return end
+  st.total = st.total + c
+  local i, insert_at = find(st, at)
+  if i then st.entries[i][2] = st.entries[i][2] + c
+  else table.insert(st.entries, insert_at, { at, c }) end
+end
+function log.decide(p, st, c)
+  local limit, period = p.limit, p.period
+  local u = used(p, st)
+  local remaining = limit > u and limit - u or 0
+  local newest = st.entries[#st.entries]
+  local reset = 0
+  if newest ~= nil and live(p, newest[1]) then reset = newest[1] + period end
+  if c > limit then return decision(false, limit, remaining, reset, -1, true) end
+  if c <= remaining then
+    if c ~= 0 then reset = period end
+    return decision(true, limit, remaining - c, reset, -1, false)
+  end
+  local still, retry_at = u, 0
+  for _, e in ipairs(st.entries) do
+    if live(p, e[1]) then
+      still = still > e[2] and still - e[2] or 0
+      retry_at = e[1] + period
+      if still + c <= limit then break end
+    end
+  end
+  return decision(false, limit, remaining, reset, retry_at > 0 and retry_at or 0, false)
+end
+function log.apply(p, st, c)
+  prune(p, st)
+  add_at(st, 0, c)
+  return ''
+end
+function log.refund(p, st, ticket, amount)
+  prune(p, st)
+  local i = find(st, ticket.at)
+  if i then
+    local e = st.entries[i]
+    local back = amount < e[2] and amount or e[2]
+    e[2] = e[2] - back
+    st.total = st.total - back
+    if e[2] == 0 then table.remove(st.entries, i) end
+  end
+end
+function log.charge(p, st, ticket, amount)
+  prune(p, st)
+  if live(p, ticket.at) then add_at(st, ticket.at, amount) end
+end
+
+-- Concurrency: state { next_id (offset), leases = { {id (offset), cost, expires (offset)} } }.
+
+local lease = {}
+function lease.load(v)
+  local st = { next_id = nil, leases = {} }
+  if v == nil or v == false then return st end
+  local next_id, rest = string.match(v, '^(%d*);(.*)$')
+  st.next_id = offset(next_id)
+  for id, c, exp in string.gmatch(rest, '(%d+):(%d+):(%d+)') do
+    table.insert(st.leases, { offset(id), tonumber(c), offset(exp) })
+  end
+  return st
+end
+function lease.save(st)
+  local parts = {}
+  for i, l in ipairs(st.leases) do
+    parts[i] = absolute(l[1]) .. ':' .. string.format('%d', l[2]) .. ':' .. absolute(l[3])
+  end
+  return (st.next_id and absolute(st.next_id) or '') .. ';' .. table.concat(parts, ',')
+end
+function lease.expires(p, st)
+  local last = st.next_id
+  for _, l in ipairs(st.leases) do
+    if last == nil or l[3] > last then last = l[3] end
+  end
+  return last
+end
+local function in_flight(st)
+  local sum = 0
+  for _, l in ipairs(st.leases) do if l[3] > 0 then sum = sum + l[2] end end
+  return sum
+end
+local function drop_expired(st)
+  local kept = {}
+  for _, l in ipairs(st.leases) do if l[3] > 0 then table.insert(kept, l) end end
+  st.leases = kept
+end
+function lease.decide(p, st, c)
+  local limit = p.limit
+  local u = in_flight(st)
+  local remaining = limit > u and limit - u or 0
+  local last
+  for _, l in ipairs(st.leases) do if last == nil or l[3] > last then last = l[3] end end
+  local reset = (last ~= nil and last > 0) and last or 0
+  if c > limit then return decision(false, limit, remaining, reset, -1, true) end
+  if c <= remaining then
+    if c ~= 0 and reset < p.period then reset = p.period end
+    return decision(true, limit, remaining - c, reset, -1, false)
+  end
+  local live_leases = {}
+  for _, l in ipairs(st.leases) do if l[3] > 0 then table.insert(live_leases, l) end end
+  table.sort(live_leases, function(a, b) return a[3] < b[3] end)
+  local still, retry_at = u, 0
+  for _, l in ipairs(live_leases) do
+    still = still > l[2] and still - l[2] or 0
+    retry_at = l[3]
+    if still + c <= limit then break end
+  end
+  return decision(false, limit, remaining, reset, retry_at, false)
+end
+function lease.apply(p, st, c)
+  drop_expired(st)
+  if c == 0 then return '0' end
+  local id = 0
+  if st.next_id ~= nil and st.next_id > 0 then id = st.next_id end
+  st.next_id = id + 1
+  table.insert(st.leases, { id, c, p.period })
+  return absolute(id)
+end
+local function find_lease(st, id)
+  for i, l in ipairs(st.leases) do if l[1] == id then return i end end
+end
+function lease.refund(p, st, ticket, amount)
+  drop_expired(st)
+  local i = find_lease(st, ticket.lease)
+  if i then
+    local l = st.leases[i]
+    if amount >= ticket.cost then l[2] = 0 else l[2] = l[2] > amount and l[2] - amount or 0 end
+    if l[2] == 0 then table.remove(st.leases, i) end
+  end
+end
+function lease.charge(p, st, ticket, amount)
+  drop_expired(st)
+  local i = find_lease(st, ticket.lease)
+  if i then st.leases[i][2] = st.leases[i][2] + amount end
+end
+
+local algorithms = { g = gcra, f = fixed, s = sliding, l = log, c = lease }
+
+-- Load every state once; limits on the same key share it.
+local per_limit = (op == 'refund' or op == 'settle') and 9 or 6
+local count = (#ARGV - 5) / per_limit
+local states, dirty = {}, {}
+local limits = {}
+for i = 1, count do
+  local b = 5 + (i - 1) * per_limit
+  local p = {
+    key = tonumber(ARGV[b + 1]), algo = algorithms[ARGV[b + 2]],
+    limit = tonumber(ARGV[b + 3]), period = tonumber(ARGV[b + 4]),
+    burst = tonumber(ARGV[b + 5]), emission = tonumber(ARGV[b + 6]),
+  }
+  if per_limit == 9 then
+    p.ticket = { cost = tonumber(ARGV[b + 7]), at = offset(ARGV[b + 8]), lease = offset(ARGV[b + 9]) }
+  end
+  if states[p.key] == nil then
+    states[p.key] = p.algo.load(redis.call('GET', KEYS[p.key]))
+  end
+  limits[i] = p
+end
+
+local function store(p)
+  local st = states[p.key]
+  local expires = p.algo.expires(p, st)
+  if expires == nil or expires <= 0 then
+    redis.call('DEL', KEYS[p.key])
+  else
+    local ttl = floor((expires + 999999) / 1000000)
+    if ttl < min_ttl_ms then ttl = min_ttl_ms end
+    redis.call('SET', KEYS[p.key], p.algo.save(st), 'PX', ttl)
+  end
+end
+
+local reply = {}
+local function push(d, ready, at, id)
+  local n = #reply
+  reply[n + 1] = d.allowed and 1 or 0
+  reply[n + 2] = d.limit
+  reply[n + 3] = d.remaining
+  reply[n + 4] = d.reset
+  reply[n + 5] = d.retry
+  reply[n + 6] = d.exceeds and 1 or 0
+  reply[n + 7] = absolute(ready)
+  reply[n + 8] = at
+  reply[n + 9] = id
+end
+
+if op == 'check' or op == 'reserve' or op == 'peek' then
+  local snapshot = {}
+  local all = true
+  for _, p in ipairs(limits) do
+    local st = states[p.key]
+    local d, wait
+    if op == 'reserve' and p.algo.plan then
+      d, wait = p.algo.plan(p, st, cost, max_wait)
+    else
+      d, wait = p.algo.decide(p, st, op == 'peek' and 0 or cost), 0
+    end
+    local at, id = '', '0'
+    if d.allowed and op ~= 'peek' then
+      id = p.algo.apply(p, st, cost)
+      at = absolute(wait)
+      dirty[p.key] = p
+    end
+    if not d.allowed then all = false end
+    push(d, wait, at, id)
+  end
+  if all and op ~= 'peek' then
+    for _, p in pairs(dirty) do store(p) end
+  end
+  reply[#reply + 1] = absolute(0)
+  return reply
+end
+
+if op == 'refund' or op == 'settle' then
+  for _, p in ipairs(limits) do
+    local st = states[p.key]
+    local t = p.ticket
+    local existed = redis.call('EXISTS', KEYS[p.key]) == 1 or dirty[p.key]
+    if op == 'refund' then
+      if existed then p.algo.refund(p, st, t, t.cost) end
+    elseif cost < t.cost then
+      if existed then p.algo.refund(p, st, t, t.cost - cost) end
+    elseif cost > t.cost then
+      p.algo.charge(p, st, t, cost - t.cost)
+    end
+    dirty[p.key] = p
+  end
+  for _, p in pairs(dirty) do store(p) end
+  reply[#reply + 1] = absolute(0)
+  return reply
+end
+
+return redis.error_reply('sluice: unknown operation ' .. tostring(op))

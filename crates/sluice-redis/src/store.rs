@@ -1,0 +1,348 @@
+//! `RedisStore`: the `Store` contract over one Lua script.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::cluster_async::ClusterConnection;
+use redis::{Script, ScriptInvocation, Value};
+use sluice_core::time::duration_nanos;
+use sluice_core::{Clock, Decision, Nanos, Policy, Ticket, Verdict};
+use sluice_store::{Limit, Reservation, Store};
+
+use crate::keys::{code, redis_key, supported};
+
+/// The script with every algorithm; loaded once per server, then called by its SHA.
+const SCRIPT: &str = include_str!("sluice.lua");
+
+/// Values per limit in the script's reply.
+const FIELDS: usize = 9;
+
+/// What can go wrong talking to Redis.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RedisError {
+    /// Redis could not be reached or answered with an error.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// A policy whose spans the script cannot compute exactly.
+    #[error("policy {policy} cannot be held in Redis: {reason}")]
+    UnsupportedPolicy {
+        /// The policy.
+        policy: Policy,
+        /// Why not.
+        reason: &'static str,
+    },
+    /// The script answered something this version does not understand.
+    #[error("unexpected reply from the sluice script: {0}")]
+    Reply(String),
+}
+
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// Where the script's `now` comes from.
+#[derive(Clone)]
+enum Timeline {
+    /// Redis `TIME`: one timeline for every instance.
+    Redis,
+    /// A clock of the caller's (tests).
+    Clock(Arc<dyn Clock>),
+}
+
+/// Limits shared through Redis. Cheap to clone; clones share connections, which multiplex
+/// and pipeline concurrent calls instead of queueing them behind a lock.
+#[derive(Clone)]
+pub struct RedisStore {
+    connection: Connection,
+    script: Arc<Script>,
+    timeline: Timeline,
+    prefix: Arc<str>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.connection {
+            Connection::Single(_) => "single",
+            Connection::Cluster(_) => "cluster",
+        };
+        f.debug_struct("RedisStore")
+            .field("connection", &kind)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Distinct prefixes for stores made with [`RedisStore::isolated`].
+static ISOLATED: AtomicU64 = AtomicU64::new(0);
+
+impl RedisStore {
+    /// Connects to one Redis server, e.g. `redis://127.0.0.1:6379/`. The connection
+    /// reconnects by itself after Redis restarts.
+    pub async fn connect(url: &str) -> Result<Self, RedisError> {
+        let client = redis::Client::open(url)?;
+        let manager = ConnectionManager::new(client).await?;
+        Ok(Self::with_connection(Connection::Single(manager)))
+    }
+
+    /// Connects to a Redis Cluster through any of its nodes; the client follows `MOVED`
+    /// and `ASK` redirections.
+    pub async fn connect_cluster(urls: &[String]) -> Result<Self, RedisError> {
+        let client = redis::cluster::ClusterClient::new(urls.to_vec())?;
+        let connection = client.get_async_connection().await?;
+        Ok(Self::with_connection(Connection::Cluster(connection)))
+    }
+
+    fn with_connection(connection: Connection) -> Self {
+        Self {
+            connection,
+            script: Arc::new(Script::new(SCRIPT)),
+            timeline: Timeline::Redis,
+            prefix: "sluice".into(),
+        }
+    }
+
+    /// The same store, deciding on `clock`'s timeline instead of Redis `TIME` (for tests:
+    /// the script then computes with the instant the clock gives).
+    pub fn with_clock(self, clock: impl Clock) -> Self {
+        Self {
+            timeline: Timeline::Clock(Arc::new(clock)),
+            ..self
+        }
+    }
+
+    /// The same store, naming its keys `<prefix>:…` (default `sluice`).
+    pub fn with_prefix(self, prefix: &str) -> Self {
+        Self {
+            prefix: prefix.into(),
+            ..self
+        }
+    }
+
+    /// The same store with a prefix no other store of this process uses: for tests that
+    /// share one Redis.
+    pub fn isolated(self) -> Self {
+        let n = ISOLATED.fetch_add(1, Ordering::Relaxed);
+        let prefix = format!("{}-{}-{n}", self.prefix, std::process::id());
+        self.with_prefix(&prefix)
+    }
+
+    /// Runs one operation of the script over `limits` (with their `tickets` for refunds
+    /// and settles) and returns the per-limit replies and the script's `now`.
+    async fn run(
+        &self,
+        op: &str,
+        limits: &[(&sluice_core::Key, &Policy, Option<&Ticket>)],
+        cost: u64,
+        max_wait: Duration,
+    ) -> Result<(Vec<Value>, Nanos), RedisError> {
+        let mut invocation: ScriptInvocation<'_> = self.script.prepare_invoke();
+        // With the caller's own timeline, Redis' real-time TTLs could run out before that
+        // timeline reaches a state's expiry: keep such keys at least a day.
+        let (now, min_ttl_ms) = match &self.timeline {
+            Timeline::Redis => (String::new(), 0),
+            Timeline::Clock(clock) => (clock.now().as_u64().to_string(), 86_400_000),
+        };
+        invocation
+            .arg(op)
+            .arg(now)
+            .arg(cost)
+            .arg(duration_nanos(max_wait).min(crate::MAX_SPAN_NANOS))
+            .arg(min_ttl_ms);
+        let mut keys: Vec<String> = Vec::with_capacity(limits.len());
+        for (key, policy, ticket) in limits {
+            supported(policy).map_err(|reason| RedisError::UnsupportedPolicy {
+                policy: **policy,
+                reason,
+            })?;
+            let name = redis_key(&self.prefix, key, policy);
+            let index = match keys.iter().position(|k| *k == name) {
+                Some(i) => i + 1,
+                None => {
+                    invocation.key(&name);
+                    keys.push(name);
+                    keys.len()
+                }
+            };
+            invocation
+                .arg(index)
+                .arg(code(policy.algorithm()))
+                .arg(policy.limit())
+                .arg(policy.period_nanos())
+                .arg(policy.burst())
+                .arg(policy.emission_nanos());
+            if let Some(ticket) = ticket {
+                invocation
+                    .arg(ticket.cost)
+                    .arg(ticket.at.as_u64())
+                    .arg(ticket.lease);
+            }
+        }
+        let mut reply: Vec<Value> = match &self.connection {
+            Connection::Single(c) => invocation.invoke_async(&mut c.clone()).await?,
+            Connection::Cluster(c) => invocation.invoke_async(&mut c.clone()).await?,
+        };
+        let now = reply
+            .pop()
+            .map(|v| number(&v))
+            .transpose()?
+            .ok_or_else(|| RedisError::Reply("missing now".into()))?;
+        Ok((reply, Nanos::new(now)))
+    }
+
+    async fn decide(
+        &self,
+        op: &str,
+        limits: &[Limit<'_>],
+        cost: u64,
+        max_wait: Duration,
+    ) -> Result<(Verdict, Vec<Option<Ticket>>, Nanos), RedisError> {
+        let args: Vec<_> = limits.iter().map(|l| (l.key, l.policy, None)).collect();
+        let (reply, now) = self.run(op, &args, cost, max_wait).await?;
+        if reply.len() != limits.len() * FIELDS {
+            return Err(RedisError::Reply(format!(
+                "{} values for {} limits",
+                reply.len(),
+                limits.len()
+            )));
+        }
+        let mut decisions = Vec::with_capacity(limits.len());
+        let mut tickets = Vec::with_capacity(limits.len());
+        for fields in reply.chunks(FIELDS) {
+            let n = |i: usize| number(&fields[i]);
+            let (allowed, limit, remaining, reset) = (n(0)? == 1, n(1)?, n(2)?, n(3)?);
+            let reset = Duration::from_nanos(reset);
+            let decision = if allowed {
+                Decision::allow(limit, remaining, reset)
+            } else if n(5)? == 1 {
+                Decision::exceeds_capacity(limit, remaining, reset)
+            } else {
+                Decision::deny(limit, remaining, reset, Duration::from_nanos(n(4)?))
+            };
+            let at = text(&fields[7])?;
+            tickets.push(if at.is_empty() {
+                None
+            } else {
+                Some(Ticket {
+                    cost,
+                    at: Nanos::new(parse(&at)?),
+                    lease: match text(&fields[8])?.as_str() {
+                        "" => 0,
+                        lease => parse(lease)?,
+                    },
+                })
+            });
+            decisions.push(decision);
+        }
+        Ok((Verdict::from_decisions(decisions), tickets, now))
+    }
+
+    async fn adjust(
+        &self,
+        reservation: &Reservation,
+        op: &str,
+        cost: u64,
+    ) -> Result<(), RedisError> {
+        if reservation.holds.is_empty() {
+            return Ok(());
+        }
+        let args: Vec<_> = reservation
+            .holds
+            .iter()
+            .map(|h| (&h.key, &h.policy, Some(&h.ticket)))
+            .collect();
+        self.run(op, &args, cost, Duration::ZERO).await.map(|_| ())
+    }
+}
+
+fn number(value: &Value) -> Result<u64, RedisError> {
+    match value {
+        Value::Int(n) => u64::try_from(*n).map_err(|_| RedisError::Reply(format!("negative {n}"))),
+        other => parse(&text(other)?),
+    }
+}
+
+fn text(value: &Value) -> Result<String, RedisError> {
+    match value {
+        Value::BulkString(bytes) => Ok(String::from_utf8_lossy(bytes).into_owned()),
+        Value::SimpleString(s) => Ok(s.clone()),
+        Value::Int(n) => Ok(n.to_string()),
+        other => Err(RedisError::Reply(format!("{other:?}"))),
+    }
+}
+
+fn parse(text: &str) -> Result<u64, RedisError> {
+    text.parse()
+        .map_err(|_| RedisError::Reply(format!("not a number: {text:?}")))
+}
+
+impl Store for RedisStore {
+    type Error = RedisError;
+
+    async fn check(&self, limit: Limit<'_>, cost: u64) -> Result<Decision, RedisError> {
+        let (verdict, _, _) = self.decide("check", &[limit], cost, Duration::ZERO).await?;
+        verdict
+            .decisions
+            .into_iter()
+            .next()
+            .ok_or_else(|| RedisError::Reply("no decision".into()))
+    }
+
+    async fn check_all(&self, limits: &[Limit<'_>], cost: u64) -> Result<Verdict, RedisError> {
+        if limits.is_empty() {
+            return Ok(Verdict::from_decisions(Vec::new()));
+        }
+        let (verdict, _, _) = self.decide("check", limits, cost, Duration::ZERO).await?;
+        Ok(verdict)
+    }
+
+    async fn peek(&self, limit: Limit<'_>) -> Result<Decision, RedisError> {
+        let (verdict, _, _) = self.decide("peek", &[limit], 0, Duration::ZERO).await?;
+        verdict
+            .decisions
+            .into_iter()
+            .next()
+            .ok_or_else(|| RedisError::Reply("no decision".into()))
+    }
+
+    async fn reserve(
+        &self,
+        limits: &[Limit<'_>],
+        cost: u64,
+        max_wait: Duration,
+    ) -> Result<Reservation, RedisError> {
+        if limits.is_empty() {
+            return Ok(Reservation::new(
+                limits,
+                Verdict::from_decisions(Vec::new()),
+                Vec::new(),
+                Nanos::ZERO,
+            ));
+        }
+        let (verdict, tickets, now) = self.decide("reserve", limits, cost, max_wait).await?;
+        Ok(Reservation::new(limits, verdict, tickets, now))
+    }
+
+    async fn cancel(&self, reservation: &Reservation) -> Result<(), RedisError> {
+        self.adjust(reservation, "refund", 0).await
+    }
+
+    async fn settle(&self, reservation: &Reservation, actual: u64) -> Result<(), RedisError> {
+        self.adjust(reservation, "settle", actual).await
+    }
+
+    async fn reset(&self, limit: Limit<'_>) -> Result<(), RedisError> {
+        let name = redis_key(&self.prefix, limit.key, limit.policy);
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(name);
+        match &self.connection {
+            Connection::Single(c) => cmd.query_async::<()>(&mut c.clone()).await?,
+            Connection::Cluster(c) => cmd.query_async::<()>(&mut c.clone()).await?,
+        }
+        Ok(())
+    }
+}
