@@ -1,9 +1,10 @@
 //! Redis key names and the policies a Redis store can hold.
 //!
-//! A limit's state lives at `<prefix>:{<tag>}:<algorithm>:<period ns>:<canonical key>`. The
-//! hash tag is the key's domain (the part before the first `|`), so every limit of one
-//! request in one domain lands on one cluster slot and a multi-limit check stays one
-//! script call. Canonical keys escape `{` and `}`, so a client cannot move the tag.
+//! A limit's state lives at `<prefix>:{<tag>}:<algorithm>:<period ns>:<canonical key>`. By
+//! default the hash tag is the key's domain (the part before the first `|`), so every limit
+//! of one request in one domain lands on one cluster slot and a multi-limit check stays one
+//! script call, while different domains spread over the cluster. Canonical keys escape `{`
+//! and `}`, so a client cannot move the tag.
 
 use sluice_core::{AlgorithmKind, Key, Policy};
 
@@ -23,10 +24,35 @@ pub(crate) fn code(kind: AlgorithmKind) -> &'static str {
     }
 }
 
+/// Which cluster slot a limit's state goes to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum HashTag {
+    /// The key's domain: the limits of one request must share a domain (in a cluster; a
+    /// single server takes any mix).
+    #[default]
+    Domain,
+    /// One tag for every key of the store: any mix of limits in one request, at the price
+    /// of one cluster node holding every limit.
+    Constant(String),
+}
+
+impl HashTag {
+    /// The tag of `key`.
+    pub(crate) fn of<'a>(&'a self, key: &'a Key) -> &'a str {
+        match self {
+            Self::Domain => {
+                let canonical = key.as_str();
+                canonical.split('|').next().unwrap_or(canonical)
+            }
+            Self::Constant(tag) => tag,
+        }
+    }
+}
+
 /// The Redis key of `policy`'s state for `key`.
-pub(crate) fn redis_key(prefix: &str, key: &Key, policy: &Policy) -> String {
+pub(crate) fn redis_key(prefix: &str, tag: &HashTag, key: &Key, policy: &Policy) -> String {
     let canonical = key.as_str();
-    let tag = canonical.split('|').next().unwrap_or(canonical);
+    let tag = tag.of(key);
     format!(
         "{prefix}:{{{tag}}}:{}:{}:{canonical}",
         code(policy.algorithm()),
@@ -56,13 +82,13 @@ mod tests {
         let user = Key::new("api", [("user", "42")]).unwrap();
         let global = Key::new("api", [("scope", "all")]).unwrap();
         assert_eq!(
-            redis_key("sluice", &user, &p),
+            redis_key("sluice", &HashTag::Domain, &user, &p),
             "sluice:{api}:g:1000000000:api|user=42"
         );
-        assert!(redis_key("sluice", &global, &p).starts_with("sluice:{api}:"));
+        assert!(redis_key("sluice", &HashTag::Domain, &global, &p).starts_with("sluice:{api}:"));
         let sneaky = Key::new("a}b{c", [("k", "v")]).unwrap();
         assert_eq!(
-            redis_key("x", &sneaky, &p),
+            redis_key("x", &HashTag::Domain, &sneaky, &p),
             "x:{a%7Db%7Bc}:g:1000000000:a%7Db%7Bc|k=v"
         );
     }

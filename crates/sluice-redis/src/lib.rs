@@ -14,5 +14,5 @@
 mod keys;
 mod store;
 
-pub use keys::MAX_SPAN_NANOS;
+pub use keys::{HashTag, MAX_SPAN_NANOS};
 pub use store::{RedisError, RedisStore};

@@ -11,7 +11,7 @@ use sluice_core::time::duration_nanos;
 use sluice_core::{Clock, Decision, Nanos, Policy, Ticket, Verdict};
 use sluice_store::{Limit, Reservation, Store};
 
-use crate::keys::{code, redis_key, supported};
+use crate::keys::{HashTag, code, redis_key, supported};
 
 /// The script with every algorithm; loaded once per server, then called by its SHA.
 const SCRIPT: &str = include_str!("sluice.lua");
@@ -33,6 +33,17 @@ pub enum RedisError {
         policy: Policy,
         /// Why not.
         reason: &'static str,
+    },
+    /// In a Redis Cluster, the limits of one request live under different hash tags, so
+    /// no one script call can decide them together.
+    #[error(
+        "limits of one request must share a hash tag in Redis Cluster: {first:?} and {other:?} differ (use one domain, or HashTag::Constant)"
+    )]
+    CrossSlot {
+        /// The first limit's tag.
+        first: String,
+        /// A tag that differs from it.
+        other: String,
     },
     /// The script answered something this version does not understand.
     #[error("unexpected reply from the sluice script: {0}")]
@@ -62,6 +73,7 @@ pub struct RedisStore {
     script: Arc<Script>,
     timeline: Timeline,
     prefix: Arc<str>,
+    tag: Arc<HashTag>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -103,6 +115,15 @@ impl RedisStore {
             script: Arc::new(Script::new(SCRIPT)),
             timeline: Timeline::Redis,
             prefix: "sluice".into(),
+            tag: Arc::new(HashTag::Domain),
+        }
+    }
+
+    /// The same store, placing keys on cluster slots by `tag` (default: the key's domain).
+    pub fn with_hash_tag(self, tag: HashTag) -> Self {
+        Self {
+            tag: Arc::new(tag),
+            ..self
         }
     }
 
@@ -153,13 +174,22 @@ impl RedisStore {
             .arg(cost)
             .arg(duration_nanos(max_wait).min(crate::MAX_SPAN_NANOS))
             .arg(min_ttl_ms);
+        if let (Connection::Cluster(_), Some((first, _, _))) = (&self.connection, limits.first()) {
+            let first = self.tag.of(first);
+            if let Some((other, _, _)) = limits.iter().find(|(k, _, _)| self.tag.of(k) != first) {
+                return Err(RedisError::CrossSlot {
+                    first: first.to_owned(),
+                    other: self.tag.of(other).to_owned(),
+                });
+            }
+        }
         let mut keys: Vec<String> = Vec::with_capacity(limits.len());
         for (key, policy, ticket) in limits {
             supported(policy).map_err(|reason| RedisError::UnsupportedPolicy {
                 policy: **policy,
                 reason,
             })?;
-            let name = redis_key(&self.prefix, key, policy);
+            let name = redis_key(&self.prefix, &self.tag, key, policy);
             let index = match keys.iter().position(|k| *k == name) {
                 Some(i) => i + 1,
                 None => {
@@ -336,7 +366,7 @@ impl Store for RedisStore {
     }
 
     async fn reset(&self, limit: Limit<'_>) -> Result<(), RedisError> {
-        let name = redis_key(&self.prefix, limit.key, limit.policy);
+        let name = redis_key(&self.prefix, &self.tag, limit.key, limit.policy);
         let mut cmd = redis::cmd("DEL");
         cmd.arg(name);
         match &self.connection {

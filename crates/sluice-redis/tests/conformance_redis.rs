@@ -3,9 +3,11 @@
 //! passed into the script from the suite's manual clock.
 
 use sluice_core::ManualClock;
-use sluice_redis::RedisStore;
+use sluice_core::{Key, Policy};
+use sluice_redis::{HashTag, RedisError, RedisStore};
 use sluice_store::conformance::{self, Config};
-use sluice_testkit::RedisServer;
+use sluice_store::{Limit, Store};
+use sluice_testkit::{RedisCluster, RedisServer};
 
 async fn store(url: String, clock: ManualClock) -> RedisStore {
     RedisStore::connect(&url)
@@ -27,4 +29,60 @@ async fn redis_store_matches_the_model_on_generated_sequences() {
     let server = RedisServer::spawn().expect("redis-server");
     let url = server.url();
     conformance::run_generated(&Config::default(), |clock| store(url.clone(), clock)).await;
+}
+
+/// The suite mixes domains in one request, so the cluster store puts every key under one
+/// tag; per-domain tags are checked below.
+#[tokio::test]
+async fn redis_cluster_store_passes_the_conformance_suite() {
+    let cluster = RedisCluster::spawn(3).expect("a local redis cluster");
+    let urls = cluster.urls();
+    let config = Config {
+        cases: 16,
+        ..Config::default()
+    };
+    conformance::run_all_with(&config, |clock| {
+        let urls = urls.clone();
+        async move {
+            RedisStore::connect_cluster(&urls)
+                .await
+                .expect("connect to the test cluster")
+                .with_clock(clock)
+                .with_hash_tag(HashTag::Constant("conformance".into()))
+                .isolated()
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_cluster_spreads_domains_and_refuses_cross_domain_requests_clearly() {
+    let cluster = RedisCluster::spawn(3).expect("a local redis cluster");
+    let store = RedisStore::connect_cluster(&cluster.urls())
+        .await
+        .expect("connect")
+        .isolated();
+    let p = Policy::parse("gcra", "2/s").unwrap();
+    let user = Key::new("api", [("user", "1")]).unwrap();
+    let global = Key::new("api", [("scope", "all")]).unwrap();
+    let other = Key::new("billing", [("user", "1")]).unwrap();
+    let same_domain = [Limit::new(&user, &p), Limit::new(&global, &p)];
+    assert!(store.check_all(&same_domain, 1).await.unwrap().allowed);
+    assert!(
+        store
+            .check(Limit::new(&other, &p), 1)
+            .await
+            .unwrap()
+            .allowed
+    );
+    let mixed = [Limit::new(&user, &p), Limit::new(&other, &p)];
+    match store.check_all(&mixed, 1).await {
+        Err(err @ RedisError::CrossSlot { .. }) => {
+            assert!(err.to_string().contains("\"api\" and \"billing\""), "{err}");
+        }
+        other => panic!("expected CrossSlot, got {other:?}"),
+    }
+    // Nothing was debited by the refused request.
+    let left = store.peek(Limit::new(&user, &p)).await.unwrap().remaining;
+    assert_eq!(left, 1);
 }
