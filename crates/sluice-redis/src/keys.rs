@@ -1,6 +1,8 @@
 //! Redis key names and the policies a Redis store can hold.
 //!
-//! A limit's state lives at `<prefix>:{<tag>}:<algorithm>:<period ns>:<canonical key>`. By
+//! A limit's state lives at `<prefix>:{<tag>}:<algorithm><period>:<key>`: the algorithm's
+//! letter, the period in nanoseconds in base 36, and the canonical key without the part the
+//! tag already says (short names keep a GCRA key under 100 bytes of Redis memory). By
 //! default the hash tag is the key's domain (the part before the first `|`), so every limit
 //! of one request in one domain lands on one cluster slot and a multi-limit check stays one
 //! script call, while different domains spread over the cluster. Canonical keys escape `{`
@@ -52,12 +54,31 @@ impl HashTag {
 /// The Redis key of `policy`'s state for `key`.
 pub(crate) fn redis_key(prefix: &str, tag: &HashTag, key: &Key, policy: &Policy) -> String {
     let canonical = key.as_str();
-    let tag = tag.of(key);
+    let tag_text = tag.of(key);
+    // The tag already names the domain; the rest of the canonical key tells keys apart.
+    let rest = match tag {
+        HashTag::Domain => canonical.strip_prefix(tag_text).unwrap_or(canonical),
+        HashTag::Constant(_) => canonical,
+    };
     format!(
-        "{prefix}:{{{tag}}}:{}:{}:{canonical}",
+        "{prefix}:{{{tag_text}}}:{}{}:{rest}",
         code(policy.algorithm()),
-        policy.period_nanos()
+        base36(policy.period_nanos())
     )
+}
+
+fn base36(mut n: u64) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    loop {
+        out.push(DIGITS[usize::try_from(n % 36).unwrap_or(0)]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// Whether the script can compute `policy` exactly.
@@ -82,14 +103,24 @@ mod tests {
         let user = Key::new("api", [("user", "42")]).unwrap();
         let global = Key::new("api", [("scope", "all")]).unwrap();
         assert_eq!(
-            redis_key("sluice", &HashTag::Domain, &user, &p),
-            "sluice:{api}:g:1000000000:api|user=42"
+            redis_key("sl", &HashTag::Domain, &user, &p),
+            "sl:{api}:ggjdgxs:|user=42"
         );
-        assert!(redis_key("sluice", &HashTag::Domain, &global, &p).starts_with("sluice:{api}:"));
+        assert!(redis_key("sl", &HashTag::Domain, &global, &p).starts_with("sl:{api}:"));
+        let named = Key::named("global");
+        assert_eq!(
+            redis_key("sl", &HashTag::Domain, &named, &p),
+            "sl:{global}:ggjdgxs:"
+        );
+        let constant = HashTag::Constant("all".into());
+        assert_eq!(
+            redis_key("sl", &constant, &user, &p),
+            "sl:{all}:ggjdgxs:api|user=42"
+        );
         let sneaky = Key::new("a}b{c", [("k", "v")]).unwrap();
         assert_eq!(
             redis_key("x", &HashTag::Domain, &sneaky, &p),
-            "x:{a%7Db%7Bc}:g:1000000000:a%7Db%7Bc|k=v"
+            "x:{a%7Db%7Bc}:ggjdgxs:|k=v"
         );
     }
 

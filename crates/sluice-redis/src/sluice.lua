@@ -1,6 +1,8 @@
--- sluice: every sluice-core algorithm over Redis, in one script for every operation, so
--- that a request checked against several limits costs one round trip and is all or
--- nothing. The arithmetic mirrors crates/sluice-core/src/algorithm/*.rs exactly.
+#!lua name=sluice_v1
+-- sluice: every sluice-core algorithm over Redis, as a Redis function library (loaded
+-- once with FUNCTION LOAD, so a call pays for no Lua definitions; called with FCALL), one
+-- call for every operation, so that a request checked against several limits costs one
+-- round trip and is all or nothing. The arithmetic mirrors crates/sluice-core/src/algorithm/*.rs exactly.
 --
 -- Lua numbers are doubles: exact integers only below 2^53. Instants (nanoseconds since the
 -- Unix epoch, ~1.8e18) do not fit, so the script works with offsets from `now`, which do:
@@ -17,24 +19,11 @@
 -- none), exceeds capacity, ready_at, ticket at, lease; then the script's `now`.
 
 local E9 = 1000000000
-local floor = math.floor
+-- Library globals such as `math` are only reachable at call time, not while loading.
+local function floor(x) return math.floor(x) end
 
-local op = ARGV[1]
-local now_s, now_n
-if ARGV[2] == '' then
-  local t = redis.call('TIME')
-  now_s, now_n = tonumber(t[1]), tonumber(t[2]) * 1000
-else
-  local text = ARGV[2]
-  if #text > 9 then
-    now_s, now_n = tonumber(string.sub(text, 1, -10)), tonumber(string.sub(text, -9))
-  else
-    now_s, now_n = 0, tonumber(text)
-  end
-end
-local cost = tonumber(ARGV[3])
-local max_wait = tonumber(ARGV[4])
-local min_ttl_ms = tonumber(ARGV[5])
+-- Set at the start of every call (one call runs at a time).
+local op, now_s, now_n, cost, max_wait, min_ttl_ms, keys, states, reply
 
 -- Exact integer helpers (all inputs below 2^53).
 
@@ -431,40 +420,20 @@ end
 
 local algorithms = { g = gcra, f = fixed, s = sliding, l = log, c = lease }
 
--- Load every state once; limits on the same key share it.
-local per_limit = (op == 'refund' or op == 'settle') and 9 or 6
-local count = (#ARGV - 5) / per_limit
-local states, dirty = {}, {}
-local limits = {}
-for i = 1, count do
-  local b = 5 + (i - 1) * per_limit
-  local p = {
-    key = tonumber(ARGV[b + 1]), algo = algorithms[ARGV[b + 2]],
-    limit = tonumber(ARGV[b + 3]), period = tonumber(ARGV[b + 4]),
-    burst = tonumber(ARGV[b + 5]), emission = tonumber(ARGV[b + 6]),
-  }
-  if per_limit == 9 then
-    p.ticket = { cost = tonumber(ARGV[b + 7]), at = offset(ARGV[b + 8]), lease = offset(ARGV[b + 9]) }
-  end
-  if states[p.key] == nil then
-    states[p.key] = p.algo.load(redis.call('GET', KEYS[p.key]))
-  end
-  limits[i] = p
-end
-
+-- Writes a limit's state back with a TTL that outlives its expiry, or deletes it when it
+-- decides like a fresh one.
 local function store(p)
   local st = states[p.key]
   local expires = p.algo.expires(p, st)
   if expires == nil or expires <= 0 then
-    redis.call('DEL', KEYS[p.key])
+    redis.call('DEL', keys[p.key])
   else
     local ttl = floor((expires + 999999) / 1000000)
     if ttl < min_ttl_ms then ttl = min_ttl_ms end
-    redis.call('SET', KEYS[p.key], p.algo.save(st), 'PX', ttl)
+    redis.call('SET', keys[p.key], p.algo.save(st), 'PX', ttl)
   end
 end
 
-local reply = {}
 local function push(d, ready, at, id)
   local n = #reply
   reply[n + 1] = d.allowed and 1 or 0
@@ -478,50 +447,93 @@ local function push(d, ready, at, id)
   reply[n + 9] = id
 end
 
-if op == 'check' or op == 'reserve' or op == 'peek' then
-  local snapshot = {}
-  local all = true
-  for _, p in ipairs(limits) do
-    local st = states[p.key]
-    local d, wait
-    if op == 'reserve' and p.algo.plan then
-      d, wait = p.algo.plan(p, st, cost, max_wait)
+-- One call: decide, reserve, peek, refund or settle over the limits of one request.
+local function call(KEYS, ARGV)
+  op = ARGV[1]
+  if ARGV[2] == '' then
+    local t = redis.call('TIME')
+    now_s, now_n = tonumber(t[1]), tonumber(t[2]) * 1000
+  else
+    local text = ARGV[2]
+    if #text > 9 then
+      now_s, now_n = tonumber(string.sub(text, 1, -10)), tonumber(string.sub(text, -9))
     else
-      d, wait = p.algo.decide(p, st, op == 'peek' and 0 or cost), 0
+      now_s, now_n = 0, tonumber(text)
     end
-    local at, id = '', '0'
-    if d.allowed and op ~= 'peek' then
-      id = p.algo.apply(p, st, cost)
-      at = absolute(wait)
+  end
+  cost = tonumber(ARGV[3])
+  max_wait = tonumber(ARGV[4])
+  min_ttl_ms = tonumber(ARGV[5])
+
+  -- Load every state once; limits on the same key share it.
+  local per_limit = (op == 'refund' or op == 'settle') and 9 or 6
+  local count = (#ARGV - 5) / per_limit
+  keys, states, reply = KEYS, {}, {}
+  local dirty = {}
+  local limits = {}
+  for i = 1, count do
+    local b = 5 + (i - 1) * per_limit
+    local p = {
+      key = tonumber(ARGV[b + 1]), algo = algorithms[ARGV[b + 2]],
+      limit = tonumber(ARGV[b + 3]), period = tonumber(ARGV[b + 4]),
+      burst = tonumber(ARGV[b + 5]), emission = tonumber(ARGV[b + 6]),
+    }
+    if per_limit == 9 then
+      p.ticket = { cost = tonumber(ARGV[b + 7]), at = offset(ARGV[b + 8]), lease = offset(ARGV[b + 9]) }
+    end
+    if states[p.key] == nil then
+      states[p.key] = p.algo.load(redis.call('GET', KEYS[p.key]))
+    end
+    limits[i] = p
+  end
+
+  if op == 'check' or op == 'reserve' or op == 'peek' then
+    local snapshot = {}
+    local all = true
+    for _, p in ipairs(limits) do
+      local st = states[p.key]
+      local d, wait
+      if op == 'reserve' and p.algo.plan then
+        d, wait = p.algo.plan(p, st, cost, max_wait)
+      else
+        d, wait = p.algo.decide(p, st, op == 'peek' and 0 or cost), 0
+      end
+      local at, id = '', '0'
+      if d.allowed and op ~= 'peek' then
+        id = p.algo.apply(p, st, cost)
+        at = absolute(wait)
+        dirty[p.key] = p
+      end
+      if not d.allowed then all = false end
+      push(d, wait, at, id)
+    end
+    if all and op ~= 'peek' then
+      for _, p in pairs(dirty) do store(p) end
+    end
+    reply[#reply + 1] = absolute(0)
+    return reply
+  end
+
+  if op == 'refund' or op == 'settle' then
+    for _, p in ipairs(limits) do
+      local st = states[p.key]
+      local t = p.ticket
+      local existed = redis.call('EXISTS', KEYS[p.key]) == 1 or dirty[p.key]
+      if op == 'refund' then
+        if existed then p.algo.refund(p, st, t, t.cost) end
+      elseif cost < t.cost then
+        if existed then p.algo.refund(p, st, t, t.cost - cost) end
+      elseif cost > t.cost then
+        p.algo.charge(p, st, t, cost - t.cost)
+      end
       dirty[p.key] = p
     end
-    if not d.allowed then all = false end
-    push(d, wait, at, id)
-  end
-  if all and op ~= 'peek' then
     for _, p in pairs(dirty) do store(p) end
+    reply[#reply + 1] = absolute(0)
+    return reply
   end
-  reply[#reply + 1] = absolute(0)
-  return reply
+
+  return redis.error_reply('sluice: unknown operation ' .. tostring(op))
 end
 
-if op == 'refund' or op == 'settle' then
-  for _, p in ipairs(limits) do
-    local st = states[p.key]
-    local t = p.ticket
-    local existed = redis.call('EXISTS', KEYS[p.key]) == 1 or dirty[p.key]
-    if op == 'refund' then
-      if existed then p.algo.refund(p, st, t, t.cost) end
-    elseif cost < t.cost then
-      if existed then p.algo.refund(p, st, t, t.cost - cost) end
-    elseif cost > t.cost then
-      p.algo.charge(p, st, t, cost - t.cost)
-    end
-    dirty[p.key] = p
-  end
-  for _, p in pairs(dirty) do store(p) end
-  reply[#reply + 1] = absolute(0)
-  return reply
-end
-
-return redis.error_reply('sluice: unknown operation ' .. tostring(op))
+redis.register_function('sluice', call)

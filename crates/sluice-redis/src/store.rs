@@ -6,15 +6,19 @@ use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
-use redis::{Script, ScriptInvocation, Value};
+use redis::{Cmd, Value};
 use sluice_core::time::duration_nanos;
 use sluice_core::{Clock, Decision, Nanos, Policy, Ticket, Verdict};
 use sluice_store::{Limit, Reservation, Store};
 
 use crate::keys::{HashTag, code, redis_key, supported};
 
-/// The script with every algorithm; loaded once per server, then called by its SHA.
-const SCRIPT: &str = include_str!("sluice.lua");
+/// The function library with every algorithm; loaded once per server (`FUNCTION LOAD`),
+/// then called by name (`FCALL`), so that a call pays for no Lua definitions.
+const LIBRARY: &str = include_str!("sluice.lua");
+
+/// The function the library registers.
+const FUNCTION: &str = "sluice";
 
 /// Values per limit in the script's reply.
 const FIELDS: usize = 9;
@@ -70,7 +74,6 @@ enum Timeline {
 #[derive(Clone)]
 pub struct RedisStore {
     connection: Connection,
-    script: Arc<Script>,
     timeline: Timeline,
     prefix: Arc<str>,
     tag: Arc<HashTag>,
@@ -112,9 +115,8 @@ impl RedisStore {
     fn with_connection(connection: Connection) -> Self {
         Self {
             connection,
-            script: Arc::new(Script::new(SCRIPT)),
             timeline: Timeline::Redis,
-            prefix: "sluice".into(),
+            prefix: "sl".into(),
             tag: Arc::new(HashTag::Domain),
         }
     }
@@ -136,7 +138,7 @@ impl RedisStore {
         }
     }
 
-    /// The same store, naming its keys `<prefix>:…` (default `sluice`).
+    /// The same store, naming its keys `<prefix>:…` (default `sl`).
     pub fn with_prefix(self, prefix: &str) -> Self {
         Self {
             prefix: prefix.into(),
@@ -152,7 +154,7 @@ impl RedisStore {
         self.with_prefix(&prefix)
     }
 
-    /// Runs one operation of the script over `limits` (with their `tickets` for refunds
+    /// Runs one operation of the library over `limits` (with their `tickets` for refunds
     /// and settles) and returns the per-limit replies and the script's `now`.
     async fn run(
         &self,
@@ -161,19 +163,12 @@ impl RedisStore {
         cost: u64,
         max_wait: Duration,
     ) -> Result<(Vec<Value>, Nanos), RedisError> {
-        let mut invocation: ScriptInvocation<'_> = self.script.prepare_invoke();
         // With the caller's own timeline, Redis' real-time TTLs could run out before that
         // timeline reaches a state's expiry: keep such keys at least a day.
         let (now, min_ttl_ms) = match &self.timeline {
             Timeline::Redis => (String::new(), 0),
             Timeline::Clock(clock) => (clock.now().as_u64().to_string(), 86_400_000),
         };
-        invocation
-            .arg(op)
-            .arg(now)
-            .arg(cost)
-            .arg(duration_nanos(max_wait).min(crate::MAX_SPAN_NANOS))
-            .arg(min_ttl_ms);
         if let (Connection::Cluster(_), Some((first, _, _))) = (&self.connection, limits.first()) {
             let first = self.tag.of(first);
             if let Some((other, _, _)) = limits.iter().find(|(k, _, _)| self.tag.of(k) != first) {
@@ -184,6 +179,15 @@ impl RedisStore {
             }
         }
         let mut keys: Vec<String> = Vec::with_capacity(limits.len());
+        let mut args: Vec<String> = vec![
+            op.to_owned(),
+            now,
+            cost.to_string(),
+            duration_nanos(max_wait)
+                .min(crate::MAX_SPAN_NANOS)
+                .to_string(),
+            min_ttl_ms.to_string(),
+        ];
         for (key, policy, ticket) in limits {
             supported(policy).map_err(|reason| RedisError::UnsupportedPolicy {
                 policy: **policy,
@@ -193,35 +197,56 @@ impl RedisStore {
             let index = match keys.iter().position(|k| *k == name) {
                 Some(i) => i + 1,
                 None => {
-                    invocation.key(&name);
                     keys.push(name);
                     keys.len()
                 }
             };
-            invocation
-                .arg(index)
-                .arg(code(policy.algorithm()))
-                .arg(policy.limit())
-                .arg(policy.period_nanos())
-                .arg(policy.burst())
-                .arg(policy.emission_nanos());
+            args.extend([
+                index.to_string(),
+                code(policy.algorithm()).to_owned(),
+                policy.limit().to_string(),
+                policy.period_nanos().to_string(),
+                policy.burst().to_string(),
+                policy.emission_nanos().to_string(),
+            ]);
             if let Some(ticket) = ticket {
-                invocation
-                    .arg(ticket.cost)
-                    .arg(ticket.at.as_u64())
-                    .arg(ticket.lease);
+                args.extend([
+                    ticket.cost.to_string(),
+                    ticket.at.as_u64().to_string(),
+                    ticket.lease.to_string(),
+                ]);
             }
         }
-        let mut reply: Vec<Value> = match &self.connection {
-            Connection::Single(c) => invocation.invoke_async(&mut c.clone()).await?,
-            Connection::Cluster(c) => invocation.invoke_async(&mut c.clone()).await?,
-        };
+        let mut call = redis::cmd("FCALL");
+        call.arg(FUNCTION).arg(keys.len()).arg(&keys).arg(&args);
+        let mut reply: Vec<Value> = self.call(&call).await?;
         let now = reply
             .pop()
             .map(|v| number(&v))
             .transpose()?
             .ok_or_else(|| RedisError::Reply("missing now".into()))?;
         Ok((reply, Nanos::new(now)))
+    }
+
+    /// Sends `call`; if the server has lost the library (a restart, a failover, a
+    /// `FUNCTION FLUSH`), loads it and sends `call` once more.
+    async fn call(&self, call: &Cmd) -> Result<Vec<Value>, RedisError> {
+        match self.query(call).await {
+            Err(err) if missing_library(&err) => {
+                let mut load = redis::cmd("FUNCTION");
+                load.arg("LOAD").arg("REPLACE").arg(LIBRARY);
+                let _: Value = self.query(&load).await?;
+                Ok(self.query(call).await?)
+            }
+            other => Ok(other?),
+        }
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> redis::RedisResult<T> {
+        match &self.connection {
+            Connection::Single(c) => cmd.query_async(&mut c.clone()).await,
+            Connection::Cluster(c) => cmd.query_async(&mut c.clone()).await,
+        }
     }
 
     async fn decide(
@@ -287,6 +312,10 @@ impl RedisStore {
             .collect();
         self.run(op, &args, cost, Duration::ZERO).await.map(|_| ())
     }
+}
+
+fn missing_library(err: &redis::RedisError) -> bool {
+    err.to_string().contains("Function not found")
 }
 
 fn number(value: &Value) -> Result<u64, RedisError> {
@@ -366,13 +395,9 @@ impl Store for RedisStore {
     }
 
     async fn reset(&self, limit: Limit<'_>) -> Result<(), RedisError> {
-        let name = redis_key(&self.prefix, &self.tag, limit.key, limit.policy);
-        let mut cmd = redis::cmd("DEL");
-        cmd.arg(name);
-        match &self.connection {
-            Connection::Single(c) => cmd.query_async::<()>(&mut c.clone()).await?,
-            Connection::Cluster(c) => cmd.query_async::<()>(&mut c.clone()).await?,
-        }
+        let mut del = redis::cmd("DEL");
+        del.arg(redis_key(&self.prefix, &self.tag, limit.key, limit.policy));
+        self.query::<()>(&del).await?;
         Ok(())
     }
 }

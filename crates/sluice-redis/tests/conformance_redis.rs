@@ -62,17 +62,23 @@ async fn a_cluster_spreads_domains_and_refuses_cross_domain_requests_clearly() {
         .await
         .expect("connect")
         .isolated();
-    let p = Policy::parse("gcra", "2/s").unwrap();
-    let user = Key::new("api", [("user", "1")]).unwrap();
-    let global = Key::new("api", [("scope", "all")]).unwrap();
-    let other = Key::new("billing", [("user", "1")]).unwrap();
+    let p = Policy::parse("gcra", "2/s").expect("test redis");
+    let user = Key::new("api", [("user", "1")]).expect("test redis");
+    let global = Key::new("api", [("scope", "all")]).expect("test redis");
+    let other = Key::new("billing", [("user", "1")]).expect("test redis");
     let same_domain = [Limit::new(&user, &p), Limit::new(&global, &p)];
-    assert!(store.check_all(&same_domain, 1).await.unwrap().allowed);
+    assert!(
+        store
+            .check_all(&same_domain, 1)
+            .await
+            .expect("test redis")
+            .allowed
+    );
     assert!(
         store
             .check(Limit::new(&other, &p), 1)
             .await
-            .unwrap()
+            .expect("test redis")
             .allowed
     );
     let mixed = [Limit::new(&user, &p), Limit::new(&other, &p)];
@@ -83,6 +89,10 @@ async fn a_cluster_spreads_domains_and_refuses_cross_domain_requests_clearly() {
         other => panic!("expected CrossSlot, got {other:?}"),
     }
     // Nothing was debited by the refused request.
-    let left = store.peek(Limit::new(&user, &p)).await.unwrap().remaining;
+    let left = store
+        .peek(Limit::new(&user, &p))
+        .await
+        .expect("test redis")
+        .remaining;
     assert_eq!(left, 1);
 }
