@@ -97,10 +97,17 @@ static ISOLATED: AtomicU64 = AtomicU64::new(0);
 
 impl RedisStore {
     /// Connects to one Redis server, e.g. `redis://127.0.0.1:6379/`. The connection
-    /// reconnects by itself after Redis restarts.
+    /// reconnects by itself after Redis restarts. An unreachable server is an error after
+    /// about a second (a connect timeout of 1 s, two quick retries), not a long hang: how
+    /// long to wait for Redis per call is the failure policy's business (`FallbackStore`).
     pub async fn connect(url: &str) -> Result<Self, RedisError> {
         let client = redis::Client::open(url)?;
-        let manager = ConnectionManager::new(client).await?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_number_of_retries(2)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500))
+            .set_connection_timeout(Some(Duration::from_secs(1)));
+        let manager = ConnectionManager::new_with_config(client, config).await?;
         Ok(Self::with_connection(Connection::Single(manager)))
     }
 

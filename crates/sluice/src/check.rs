@@ -1,7 +1,8 @@
 //! `sluice check`: ask one limit for several decisions in a row and print each one.
 //!
-//! The decisions go through the async [`Store`] trait on a fresh [`MemoryStore`], exactly as
-//! a server would make them, driven by a small current-thread runtime. The store reads the
+//! The decisions go through the async [`Store`] trait on a fresh [`MemoryStore`], or on a
+//! [`RedisStore`] shared with every other process using the same Redis, exactly as a server
+//! would make them, driven by a small current-thread runtime. The store reads the
 //! real monotonic clock, so `--interval` lets a user watch the limit refill.
 
 use std::io::{self, Write};
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use sluice_core::{Decision, Key, Policy};
+use sluice_redis::RedisStore;
 use sluice_store::{Limit, MemoryStore, Store};
 
 use crate::cli::CheckArgs;
@@ -16,37 +18,49 @@ use crate::cli::CheckArgs;
 /// Makes `args.times` decisions of `args.cost` units against `policy` and prints them.
 pub(crate) fn run(args: &CheckArgs, policy: Policy) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
+        .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let store = MemoryStore::new();
     let key = Key::named(&args.key);
     let limit = Limit::new(&key, &policy);
     let mut out = io::stdout().lock();
     let table = Table::new(&policy, args.times);
     if !args.json {
+        let place = if args.redis.is_some() {
+            "in Redis"
+        } else {
+            "in memory"
+        };
         writeln!(
             out,
-            "{policy} on key {:?}, cost {} per decision",
+            "{policy} on key {:?} {place}, cost {} per decision",
             key.as_str(),
             args.cost
         )?;
         table.header(&mut out)?;
     }
-    runtime.block_on(decide(
-        &store,
-        limit,
-        args.cost,
-        args.times,
-        args.interval,
-        |n, decision| {
-            if args.json {
-                writeln!(out, "{}", json_line(decision))
-            } else {
-                table.row(&mut out, n, decision)
+    let emit = |n: u64, decision: &Decision| {
+        if args.json {
+            writeln!(out, "{}", json_line(decision))
+        } else {
+            table.row(&mut out, n, decision)
+        }
+    };
+    runtime.block_on(async {
+        match &args.redis {
+            // The URL may carry a password: it is never printed.
+            Some(url) => {
+                let store = RedisStore::connect(url)
+                    .await
+                    .context("cannot connect to the Redis given by --redis")?;
+                decide(&store, limit, args.cost, args.times, args.interval, emit).await
             }
-        },
-    ))
+            None => {
+                let store = MemoryStore::new();
+                decide(&store, limit, args.cost, args.times, args.interval, emit).await
+            }
+        }
+    })
 }
 
 /// Makes `times` decisions in a row on any store, `interval` apart, handing each to `emit`

@@ -23,7 +23,8 @@ pub(crate) struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
-    /// Ask an in-memory limit for several decisions in a row and print each one.
+    /// Ask a limit (in memory, or shared in Redis) for several decisions in a row and print
+    /// each one.
     ///
     /// Useful to see what a policy does before configuring it: how much burst it allows,
     /// how fast it refills, what a client would be told to wait. Refusals are normal
@@ -36,7 +37,8 @@ pub(crate) enum Command {
 #[command(after_help = "Examples:\n  \
     sluice check --policy 10/s --times 12\n  \
     sluice check --policy 3/min --algorithm sliding_log --times 5 --json\n  \
-    sluice check --policy 5/s --burst 2 --times 20 --interval 100ms")]
+    sluice check --policy 5/s --burst 2 --times 20 --interval 100ms\n  \
+    sluice check --policy 100/min --key alice --redis redis://127.0.0.1:6379/")]
 pub(crate) struct CheckArgs {
     /// The rate: LIMIT/PERIOD, e.g. 100/s, 5000/min, 10/1h30m, 3/500ms.
     #[arg(long, value_name = "RATE")]
@@ -51,9 +53,15 @@ pub(crate) struct CheckArgs {
     #[arg(long, value_name = "N")]
     pub(crate) burst: Option<u64>,
 
-    /// The key whose limit is asked. Every run starts from a fresh in-memory store.
+    /// The key whose limit is asked. Without --redis every run starts from a fresh
+    /// in-memory store.
     #[arg(long, value_name = "KEY", default_value = "cli")]
     pub(crate) key: String,
+
+    /// Decide in a shared Redis instead of in memory (e.g. redis://127.0.0.1:6379/), so
+    /// that several `sluice check` processes on one key share one limit.
+    #[arg(long, value_name = "URL", env = "SLUICE_REDIS_URL")]
+    pub(crate) redis: Option<String>,
 
     /// Units each decision asks for (e.g. tokens of an LLM call).
     #[arg(long, value_name = "N", default_value_t = 1)]

@@ -173,3 +173,33 @@ fn the_table_has_a_header_and_one_row_per_decision() {
     );
     assert!(rows[3].starts_with("4  no"), "{text}");
 }
+
+#[test]
+fn two_processes_share_one_limit_through_redis() {
+    let server = sluice_testkit::RedisServer::spawn().expect("a throwaway redis-server");
+    let url = server.url();
+    let run = || {
+        check_json(&[
+            "--policy", "5/min", "--key", "shared", "--times", "3", "--redis", &url,
+        ])
+        .iter()
+        .map(|line| line["allowed"].as_bool().expect("allowed is a bool"))
+        .collect::<Vec<_>>()
+    };
+    assert_eq!(run(), [true, true, true]);
+    // The second process sees what the first one used.
+    assert_eq!(run(), [true, true, false]);
+}
+
+#[test]
+fn an_unreachable_redis_is_a_clear_error() {
+    let port = sluice_testkit::free_port().expect("a free port");
+    let url = format!("redis://127.0.0.1:{port}/");
+    let output = sluice(&["check", "--policy", "5/s", "--redis", &url]);
+    assert_eq!(output.status.code(), Some(1));
+    let err = stderr(&output);
+    assert!(
+        err.contains("cannot connect to the Redis given by --redis"),
+        "{err}"
+    );
+}
