@@ -67,7 +67,10 @@ local function offset(text)
   return (s - now_s) * E9 + (n - now_n)
 end
 
+local now_text -- absolute(0), computed once per call
+
 local function absolute(off)
+  if off == 0 and now_text then return now_text end
   local t = now_n + off
   local c = floor(t / E9)
   local r = t - c * E9
@@ -461,6 +464,8 @@ local function call(KEYS, ARGV)
       now_s, now_n = 0, tonumber(text)
     end
   end
+  now_text = nil
+  now_text = absolute(0)
   cost = tonumber(ARGV[3])
   max_wait = tonumber(ARGV[4])
   min_ttl_ms = tonumber(ARGV[5])
