@@ -470,6 +470,31 @@ local function call(KEYS, ARGV)
   max_wait = tonumber(ARGV[4])
   min_ttl_ms = tonumber(ARGV[5])
 
+  -- Fast path for the commonest call, one GCRA check: the same arithmetic as
+  -- gcra.decide and gcra.apply below, without building tables (a third less Redis CPU).
+  -- The conformance suite's single GCRA checks run through here.
+  if op == 'check' and #ARGV == 11 and ARGV[7] == 'g' then
+    local burst, t = tonumber(ARGV[10]), tonumber(ARGV[11])
+    local v = redis.call('GET', KEYS[1])
+    local debt = v and offset(v) or 0
+    if debt < 0 then debt = 0 end
+    local capacity = burst * t
+    if cost > burst then
+      return { 0, burst, tokens(capacity, debt, t), debt, -1, 1, now_text, '', '', now_text }
+    end
+    local after = debt + cost * t
+    if after > capacity then
+      return { 0, burst, tokens(capacity, debt, t), debt, after - capacity, 0, now_text, '', '',
+               now_text }
+    end
+    if after > 0 then
+      local ttl = floor((after + 999999) / 1000000)
+      if ttl < min_ttl_ms then ttl = min_ttl_ms end
+      redis.call('SET', KEYS[1], absolute(after), 'PX', ttl)
+    end
+    return { 1, burst, tokens(capacity, after, t), after, -1, 0, now_text, now_text, '', now_text }
+  end
+
   -- Load every state once; limits on the same key share it.
   local per_limit = (op == 'refund' or op == 'settle') and 9 or 6
   local count = (#ARGV - 5) / per_limit
