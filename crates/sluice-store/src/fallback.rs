@@ -99,7 +99,9 @@ impl Default for FallbackConfig {
 /// `timeouts` or `short_circuited`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FallbackStats {
-    /// Calls the primary answered in time.
+    /// Calls the primary answered in time. A call let through just before the breaker
+    /// opened may still count here while the breaker stays open: read the breaker's state,
+    /// not this counter, to tell whether the primary is back.
     pub primary_ok: u64,
     /// Calls the primary answered with an error.
     pub primary_errors: u64,
