@@ -71,7 +71,15 @@ fn debit(policy: &Policy, state: &mut WindowState, cost: u64, now: Nanos) -> Tic
     }
 }
 
-fn refund_window(policy: &Policy, state: &mut WindowState, ticket: &Ticket, amount: u64) {
+/// Gives `amount` back to the window `ticket` debited, if it still counts at `now`.
+fn refund_window(
+    policy: &Policy,
+    state: &mut WindowState,
+    ticket: &Ticket,
+    amount: u64,
+    now: Nanos,
+) {
+    roll(policy, state, now);
     let ticket_window = window_start(policy, ticket.at);
     if ticket_window == state.start {
         state.current = state.current.saturating_sub(amount);
@@ -111,8 +119,7 @@ impl Algorithm for FixedWindow {
     }
 
     fn refund(policy: &Policy, state: &mut WindowState, ticket: &Ticket, amount: u64, now: Nanos) {
-        roll(policy, state, now);
-        refund_window(policy, state, ticket, amount);
+        refund_window(policy, state, ticket, amount, now);
     }
 
     fn charge(policy: &Policy, state: &mut WindowState, _: &Ticket, amount: u64, now: Nanos) {
@@ -220,8 +227,7 @@ impl Algorithm for SlidingWindow {
     }
 
     fn refund(policy: &Policy, state: &mut WindowState, ticket: &Ticket, amount: u64, now: Nanos) {
-        roll(policy, state, now);
-        refund_window(policy, state, ticket, amount);
+        refund_window(policy, state, ticket, amount, now);
     }
 
     fn charge(policy: &Policy, state: &mut WindowState, _: &Ticket, amount: u64, now: Nanos) {
