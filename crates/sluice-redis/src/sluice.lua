@@ -80,8 +80,11 @@ local function absolute(off)
   return string.format('%d%09d', s, r)
 end
 
--- now mod p, exactly.
+-- now mod p, exactly. Whole seconds and divisors of a second (the usual periods) take a
+-- shortcut; any other period takes the long multiplication.
 local function now_mod(p)
+  if p % E9 == 0 then return (now_s % (p / E9)) * E9 + now_n end
+  if E9 % p == 0 then return now_n % p end
   local _, r = muldiv(now_s, E9, p)
   return (r + now_n) % p
 end
