@@ -5,7 +5,7 @@
 //! tag already says (short names keep a GCRA key under 100 bytes of Redis memory). By
 //! default the hash tag is the key's domain (the part before the first `|`), so every limit
 //! of one request in one domain lands on one cluster slot and a multi-limit check stays one
-//! script call, while different domains spread over the cluster. Canonical keys escape `{`
+//! function call, while different domains spread over the cluster. Canonical keys escape `{`
 //! and `}`, so a client cannot move the tag.
 
 use sluice_core::{AlgorithmKind, Key, Policy};

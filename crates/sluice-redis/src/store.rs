@@ -39,7 +39,7 @@ pub enum RedisError {
         reason: &'static str,
     },
     /// In a Redis Cluster, the limits of one request live under different hash tags, so
-    /// no one script call can decide them together.
+    /// no one function call can decide them together.
     #[error(
         "limits of one request must share a hash tag in Redis Cluster: {first:?} and {other:?} differ (use one domain, or HashTag::Constant)"
     )]
