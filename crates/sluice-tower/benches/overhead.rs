@@ -1,0 +1,69 @@
+//! Latency the layer adds per request: the same `service_fn` with and without it, with
+//! the in-memory store, on a current-thread runtime.
+//!
+//! `cargo bench -p sluice-tower --bench overhead`. (A tower_governor column is not there
+//! yet.)
+
+use std::convert::Infallible;
+use std::hint::black_box;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::{Request, Response};
+use http_body_util::Full;
+use sluice_core::Policy;
+use sluice_store::MemoryStore;
+use sluice_tower::{Constant, LimitSpec, PeerIp, RateLimitLayer};
+use tower::{Layer, ServiceExt};
+
+fn request(peer: SocketAddr) -> Request<()> {
+    let mut req = Request::new(());
+    req.extensions_mut().insert(peer);
+    req
+}
+
+fn overhead(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let inner = tower::service_fn(|_req: Request<()>| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+    });
+    let peer: SocketAddr = "192.0.2.7:40000".parse().expect("addr");
+    // Limits high enough that every request is admitted: the cost measured is the
+    // admitted path (key extraction, one store decision, headers).
+    let big = Policy::parse("gcra", "1000000000/s").expect("valid");
+    let one = RateLimitLayer::new(MemoryStore::new())
+        .limit(LimitSpec::new("per-ip", big, PeerIp::new()))
+        .expect("valid")
+        .layer(inner);
+    let quiet = RateLimitLayer::new(MemoryStore::new())
+        .limit(LimitSpec::new("per-ip", big, PeerIp::new()))
+        .expect("valid")
+        .header_style(sluice_http::HeaderStyle::Off)
+        .layer(inner);
+    let two = RateLimitLayer::new(MemoryStore::new())
+        .limit(LimitSpec::new("per-ip", big, PeerIp::new()))
+        .and_then(|l| l.limit(LimitSpec::new("global", big, Constant::new("all"))))
+        .expect("valid")
+        .layer(inner);
+
+    let mut group = c.benchmark_group("layer_overhead");
+    group.bench_function("bare", |b| {
+        b.iter(|| rt.block_on(inner.oneshot(black_box(request(peer)))))
+    });
+    group.bench_function("sluice_one_limit", |b| {
+        b.iter(|| rt.block_on(one.clone().oneshot(black_box(request(peer)))))
+    });
+    group.bench_function("sluice_one_limit_headers_off", |b| {
+        b.iter(|| rt.block_on(quiet.clone().oneshot(black_box(request(peer)))))
+    });
+    group.bench_function("sluice_two_limits", |b| {
+        b.iter(|| rt.block_on(two.clone().oneshot(black_box(request(peer)))))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, overhead);
+criterion_main!(benches);

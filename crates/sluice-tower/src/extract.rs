@@ -1,0 +1,225 @@
+//! Key extractors: who a request is counted against.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use http::{HeaderName, Request};
+use sluice_core::{Key, KeyError};
+
+use crate::proxy::{TrustedProxies, parse_forwarded_for, parse_xff_hop};
+
+/// Why no key could be taken from a request.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyRejection {
+    /// The request does not carry what the extractor reads.
+    #[error("the request has no {what}")]
+    Missing {
+        /// What was looked for (e.g. `header x-api-key`).
+        what: String,
+    },
+    /// What the extractor read could not make a key.
+    #[error("invalid key: {0}")]
+    Invalid(#[from] KeyError),
+}
+
+/// Takes the key of one limit from a request.
+///
+/// `domain` is the limit's name: every extractor builds its [`Key`] in that domain, so
+/// two limits with the same extractor never share a state.
+pub trait KeyExtractor<B>: Clone + Send + Sync + 'static {
+    /// The key of `req` in `domain`.
+    ///
+    /// # Errors
+    /// [`KeyRejection`] when the request carries no key; the layer then applies the
+    /// limit's [`OnMissingKey`](crate::OnMissingKey).
+    fn extract(&self, domain: &str, req: &Request<B>) -> Result<Key, KeyRejection>;
+}
+
+/// Which forwarding header a trusted proxy sets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: client, proxy1, proxy2`.
+    #[default]
+    XForwardedFor,
+    /// `Forwarded: for=client, for=proxy1` (RFC 7239).
+    Forwarded,
+}
+
+/// The client's IP address, safe by default.
+///
+/// The socket peer is read from the request extensions: axum's
+/// `ConnectInfo<SocketAddr>` (feature `axum`, served with
+/// `into_make_service_with_connect_info::<SocketAddr>()`), or else a plain
+/// [`SocketAddr`] or [`IpAddr`] extension, which a hyper server loop inserts itself.
+///
+/// Forwarding headers are believed only when the peer is one of the
+/// [`TrustedProxies`]; the chain is then read from the right, skipping trusted hops, and
+/// the first untrusted address is the client. A client that sends its own
+/// `X-Forwarded-For` straight to the service therefore keeps its own key.
+///
+/// The key is `<domain>|ip=<address>`, IPv4-mapped IPv6 addresses written as IPv4.
+#[derive(Clone, Debug, Default)]
+pub struct PeerIp {
+    trusted: TrustedProxies,
+    header: ForwardedHeader,
+}
+
+impl PeerIp {
+    /// The socket peer; no forwarding header is believed.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Believes `header` when the peer is in `trusted`.
+    #[must_use]
+    pub fn behind(trusted: TrustedProxies, header: ForwardedHeader) -> Self {
+        Self { trusted, header }
+    }
+
+    /// The client address of `req`, or `None` when its peer address is unknown.
+    pub fn client_ip<B>(&self, req: &Request<B>) -> Option<IpAddr> {
+        let peer = peer_addr(req)?;
+        if self.trusted.is_empty() || !self.trusted.contains(peer) {
+            return Some(crate::proxy::canonical(peer));
+        }
+        let mut hops: Vec<Option<IpAddr>> = Vec::new();
+        match self.header {
+            ForwardedHeader::XForwardedFor => {
+                for value in req.headers().get_all("x-forwarded-for") {
+                    match value.to_str() {
+                        Ok(text) => hops.extend(text.split(',').map(parse_xff_hop)),
+                        Err(_) => hops.push(None),
+                    }
+                }
+            }
+            ForwardedHeader::Forwarded => {
+                for value in req.headers().get_all(http::header::FORWARDED) {
+                    match value.to_str() {
+                        Ok(text) => hops.extend(text.split(',').map(parse_forwarded_for)),
+                        Err(_) => hops.push(None),
+                    }
+                }
+            }
+        }
+        Some(self.trusted.resolve(peer, &hops))
+    }
+}
+
+fn peer_addr<B>(req: &Request<B>) -> Option<IpAddr> {
+    let ext = req.extensions();
+    #[cfg(feature = "axum")]
+    if let Some(info) = ext.get::<axum::extract::ConnectInfo<SocketAddr>>() {
+        return Some(info.0.ip());
+    }
+    ext.get::<SocketAddr>()
+        .map(SocketAddr::ip)
+        .or_else(|| ext.get::<IpAddr>().copied())
+}
+
+impl<B> KeyExtractor<B> for PeerIp {
+    fn extract(&self, domain: &str, req: &Request<B>) -> Result<Key, KeyRejection> {
+        let ip = self.client_ip(req).ok_or_else(|| KeyRejection::Missing {
+            what: "peer address".to_owned(),
+        })?;
+        Ok(Key::new(domain, [("ip", ip.to_string())])?)
+    }
+}
+
+/// The value of one request header (an API key, a tenant id). Several lines are joined
+/// with `,`. An absent or empty header is [`KeyRejection::Missing`]. Values longer than
+/// a key component are hashed by [`Key`], so a client cannot grow the key.
+#[derive(Clone, Debug)]
+pub struct Header(pub HeaderName);
+
+impl<B> KeyExtractor<B> for Header {
+    fn extract(&self, domain: &str, req: &Request<B>) -> Result<Key, KeyRejection> {
+        let mut value = String::new();
+        for (i, line) in req.headers().get_all(&self.0).iter().enumerate() {
+            if i > 0 {
+                value.push(',');
+            }
+            value.push_str(&String::from_utf8_lossy(line.as_bytes()));
+        }
+        if value.trim().is_empty() {
+            return Err(KeyRejection::Missing {
+                what: format!("header {}", self.0),
+            });
+        }
+        Ok(Key::new(domain, [(self.0.as_str(), value)])?)
+    }
+}
+
+/// The same key for every request: a global limit. The name tells several constants
+/// of one limit apart (usually one is enough: `Constant::new("all")`).
+#[derive(Clone, Debug)]
+pub struct Constant(pub String);
+
+impl Constant {
+    /// The constant named `name`.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self(name.into())
+    }
+}
+
+impl<B> KeyExtractor<B> for Constant {
+    fn extract(&self, domain: &str, _req: &Request<B>) -> Result<Key, KeyRejection> {
+        Ok(Key::new(domain, [("const", self.0.as_str())])?)
+    }
+}
+
+/// Method and route: `GET /users/{id}` counts every user id together. The route is
+/// axum's `MatchedPath` when present (feature `axum`), else the URI path (without the
+/// query). Without a router that records the matched route, every distinct path is its
+/// own key.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MethodAndPath;
+
+impl<B> KeyExtractor<B> for MethodAndPath {
+    fn extract(&self, domain: &str, req: &Request<B>) -> Result<Key, KeyRejection> {
+        #[cfg(feature = "axum")]
+        if let Some(path) = req.extensions().get::<axum::extract::MatchedPath>() {
+            return Ok(Key::new(
+                domain,
+                [("method", req.method().as_str()), ("route", path.as_str())],
+            )?);
+        }
+        Ok(Key::new(
+            domain,
+            [
+                ("method", req.method().as_str()),
+                ("path", req.uri().path()),
+            ],
+        )?)
+    }
+}
+
+/// A closure returning the key's value (an authenticated user id from the request
+/// extensions, a tenant from the host), or `None` when the request has none. The key is
+/// `<domain>|id=<value>`.
+#[derive(Clone)]
+pub struct FromFn<F>(pub F);
+
+impl<F> fmt::Debug for FromFn<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FromFn(..)")
+    }
+}
+
+/// A [`FromFn`] extractor from `f`.
+pub fn from_fn<F>(f: F) -> FromFn<F> {
+    FromFn(f)
+}
+
+impl<B, F, T> KeyExtractor<B> for FromFn<F>
+where
+    F: Fn(&Request<B>) -> Option<T> + Clone + Send + Sync + 'static,
+    T: AsRef<str>,
+{
+    fn extract(&self, domain: &str, req: &Request<B>) -> Result<Key, KeyRejection> {
+        let value = (self.0)(req).ok_or_else(|| KeyRejection::Missing {
+            what: "key (closure returned none)".to_owned(),
+        })?;
+        Ok(Key::new(domain, [("id", value)])?)
+    }
+}

@@ -1,0 +1,46 @@
+//! sluice-tower: inbound rate limiting as a tower middleware.
+//!
+//! [`RateLimitLayer`] checks each HTTP request against one or several limits (per client
+//! IP, per API key, per route, global), all or nothing, through any sluice-store
+//! [`Store`](sluice_store::Store) (the in-memory store, Redis, a `FallbackStore`). Keys
+//! come from [`KeyExtractor`]s: [`PeerIp`] (safe against spoofed `X-Forwarded-For`),
+//! [`Header`], [`Constant`], [`MethodAndPath`] and closures ([`from_fn`]). A refused
+//! request gets `429 Too Many Requests` with `Retry-After`, the IETF `RateLimit-Policy` /
+//! `RateLimit` headers and an RFC 9457 problem body, all rendered by `sluice-http`;
+//! allowed responses carry the same headers (see [`HeaderStyle`]) and their bodies stream
+//! through untouched.
+//!
+//! It decides in `call` and never holds requests in `poll_ready`, so it fits axum's
+//! router. It is not for outbound pacing (waiting for an upstream's quota: that is the
+//! planned egress crate), it does not wait for capacity instead of refusing, it spawns
+//! nothing and reads no clock (the store does).
+//!
+//! ```
+//! use sluice_core::Policy;
+//! use sluice_store::MemoryStore;
+//! use sluice_tower::{Constant, LimitSpec, PeerIp, RateLimitLayer};
+//!
+//! let layer = RateLimitLayer::new(MemoryStore::new())
+//!     .limit(LimitSpec::new("per-ip", Policy::parse("gcra", "5/min")?, PeerIp::new()))?
+//!     .limit(LimitSpec::new("global", Policy::parse("gcra", "1000/s")?, Constant::new("all")))?;
+//! # let _ = layer;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod body;
+mod extract;
+mod layer;
+mod limits;
+mod proxy;
+mod service;
+
+pub use body::ResponseBody;
+pub use extract::{
+    Constant, ForwardedHeader, FromFn, Header, KeyExtractor, KeyRejection, MethodAndPath, PeerIp,
+    from_fn,
+};
+pub use layer::{ConfigError, RateLimitLayer, WithLimit};
+pub use limits::{CostFn, LimitSet, LimitSpec, OnMissingKey, RequestCost, UnitCost};
+pub use proxy::{Cidr, ProxyError, TrustedProxies};
+pub use service::{MISSING_KEY_PROBLEM_TYPE, RateLimit, ResponseFuture, UNAVAILABLE_PROBLEM_TYPE};
+pub use sluice_http::HeaderStyle;
