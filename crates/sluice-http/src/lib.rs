@@ -99,20 +99,16 @@ pub fn write_headers(
 ) -> Result<(), HeaderError> {
     let mut out: Vec<(HeaderName, String)> = Vec::with_capacity(6);
     if matches!(style, HeaderStyle::Ietf | HeaderStyle::Both) && !items.is_empty() {
-        let policies: Vec<PolicyItem> = items
-            .iter()
-            .map(|(name, policy, decision)| PolicyItem::new(*name, policy, decision))
-            .collect();
-        let limits: Vec<LimitItem> = items
-            .iter()
-            .map(|(name, _, decision)| LimitItem::new(*name, decision))
-            .collect();
-        out.push((RATELIMIT_POLICY, encode_policy_header(&policies)?));
-        out.push((RATELIMIT, encode_limit_header(&limits)?));
+        let (policies, limits) = ietf::encode_both(items)?;
+        out.push((RATELIMIT_POLICY, policies));
+        out.push((RATELIMIT, limits));
     }
     if matches!(style, HeaderStyle::Legacy | HeaderStyle::Both) {
-        let decisions: Vec<Decision> = items.iter().map(|(_, _, d)| **d).collect();
-        if let Some(decision) = Decision::most_restrictive(&decisions) {
+        let most_restrictive = items
+            .iter()
+            .map(|(_, _, d)| **d)
+            .reduce(|a, b| Decision::most_restrictive(&[a, b]).unwrap_or(a));
+        if let Some(decision) = most_restrictive {
             let [limit, remaining, reset] = LegacyHeaders::new(&decision).encode();
             out.push((X_RATELIMIT_LIMIT, limit));
             out.push((X_RATELIMIT_REMAINING, remaining));
@@ -129,9 +125,12 @@ pub fn write_headers(
     }
     let mut values = Vec::with_capacity(out.len());
     for (name, text) in out {
-        let value = HeaderValue::from_str(&text).map_err(|_| HeaderError::InvalidName {
-            name: text.clone(),
-            reason: "not a valid header value",
+        // Takes the String's buffer as it is: no copy.
+        let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(text)).map_err(|_| {
+            HeaderError::InvalidName {
+                name: name.as_str().to_owned(),
+                reason: "not a valid header value",
+            }
         })?;
         values.push((name, value));
     }
