@@ -114,6 +114,11 @@ fn needs_escape(c: char) -> bool {
 }
 
 fn push_component(out: &mut String, raw: &str) {
+    // The common case (short, nothing to escape) is one copy.
+    if raw.len() <= MAX_COMPONENT_LEN && !raw.chars().any(needs_escape) {
+        out.push_str(raw);
+        return;
+    }
     let escaped_len: usize = raw
         .chars()
         .map(|c| {

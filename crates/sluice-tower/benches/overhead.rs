@@ -1,8 +1,8 @@
 //! Latency the layer adds per request: the same `service_fn` with and without it, with
-//! the in-memory store, on a current-thread runtime.
+//! the in-memory store, on a current-thread runtime; beside tower_governor 0.8 (per peer
+//! IP, with and without its headers) on the same service in the same run.
 //!
-//! `cargo bench -p sluice-tower --bench overhead`. (A tower_governor column is not there
-//! yet.)
+//! `cargo bench -p sluice-tower --bench overhead`
 
 use std::convert::Infallible;
 use std::hint::black_box;
@@ -17,9 +17,12 @@ use sluice_store::MemoryStore;
 use sluice_tower::{Constant, LimitSpec, PeerIp, RateLimitLayer};
 use tower::{Layer, ServiceExt};
 
+/// A request as axum hands it over: the peer address in `ConnectInfo`, which both
+/// sluice's `PeerIp` and tower_governor's `PeerIpKeyExtractor` read.
 fn request(peer: SocketAddr) -> Request<()> {
     let mut req = Request::new(());
-    req.extensions_mut().insert(peer);
+    req.extensions_mut()
+        .insert(axum::extract::ConnectInfo(peer));
     req
 }
 
@@ -49,7 +52,37 @@ fn overhead(c: &mut Criterion) {
         .expect("valid")
         .layer(inner);
 
+    // tower_governor needs a body it can build its 429 from: axum's.
+    let inner_axum = tower::service_fn(|_req: Request<()>| async {
+        Ok::<_, Infallible>(Response::new(axum::body::Body::from("ok")))
+    });
+    let governor_config = tower_governor::governor::GovernorConfigBuilder::default()
+        .per_nanosecond(1)
+        .burst_size(1000)
+        .key_extractor(tower_governor::key_extractor::PeerIpKeyExtractor)
+        .finish()
+        .expect("valid governor config");
+    let governor = tower_governor::GovernorLayer::new(governor_config).layer(inner_axum);
+    let governor_headers_config = tower_governor::governor::GovernorConfigBuilder::default()
+        .per_nanosecond(1)
+        .burst_size(1000)
+        .key_extractor(tower_governor::key_extractor::PeerIpKeyExtractor)
+        .use_headers()
+        .finish()
+        .expect("valid governor config");
+    let governor_headers =
+        tower_governor::GovernorLayer::new(governor_headers_config).layer(inner_axum);
+
     let mut group = c.benchmark_group("layer_overhead");
+    group.bench_function("bare_axum_body", |b| {
+        b.iter(|| rt.block_on(inner_axum.oneshot(black_box(request(peer)))))
+    });
+    group.bench_function("tower_governor", |b| {
+        b.iter(|| rt.block_on(governor.clone().oneshot(black_box(request(peer)))))
+    });
+    group.bench_function("tower_governor_headers", |b| {
+        b.iter(|| rt.block_on(governor_headers.clone().oneshot(black_box(request(peer)))))
+    });
     group.bench_function("bare", |b| {
         b.iter(|| rt.block_on(inner.oneshot(black_box(request(peer)))))
     });
