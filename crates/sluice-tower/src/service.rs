@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Request, Response, StatusCode};
-use sluice_core::{Decision, Policy};
+use sluice_core::{Decision, Policy, Verdict};
 use sluice_http::{HeaderStyle, PROBLEM_CONTENT_TYPE, problem_body, write_headers};
 use sluice_store::{Limit, Store};
 use tower_service::Service;
@@ -131,7 +131,17 @@ where
                 .iter()
                 .map(|r| Limit::new(&r.key, &r.policy).on_failure(r.on_failure))
                 .collect();
-            let Ok(verdict) = shared.store.check_all(&limits, cost).await else {
+            // One limit (the common case) takes the store's single check, which needs no
+            // transaction bookkeeping.
+            let verdict = match limits.as_slice() {
+                [limit] => shared
+                    .store
+                    .check(*limit, cost)
+                    .await
+                    .map(|decision| Verdict::from_decisions(vec![decision])),
+                _ => shared.store.check_all(&limits, cost).await,
+            };
+            let Ok(verdict) = verdict else {
                 return Ok(unavailable());
             };
             let items: Vec<(&str, &Policy, &Decision)> = resolved
