@@ -10,6 +10,7 @@
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+mod dispatch;
 pub mod fallback;
 mod memory;
 mod store;

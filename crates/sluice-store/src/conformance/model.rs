@@ -4,10 +4,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use sluice_core::{
-    Algorithm, AlgorithmKind, Concurrency, Decision, FixedWindow, Gcra, GcraState, LeaseState,
-    LogState, Nanos, SlidingLog, SlidingWindow, Ticket, Verdict, WindowState,
+    Algorithm, Concurrency, Decision, FixedWindow, Gcra, GcraState, LeaseState, LogState, Nanos,
+    SlidingLog, SlidingWindow, Ticket, Verdict, WindowState,
 };
 
+use crate::dispatch::with_algorithm;
 use crate::store::{Limit, Reservation};
 
 /// States of one algorithm, by canonical key string and period: two limits share a state
@@ -66,34 +67,6 @@ modelled!(SlidingWindow, sliding_window);
 modelled!(SlidingLog, sliding_log);
 modelled!(Concurrency, concurrency);
 
-/// Evaluates `$body` with `$A` bound to the algorithm type of `$kind`.
-macro_rules! dispatch {
-    ($kind:expr, $A:ident => $body:expr) => {
-        match $kind {
-            AlgorithmKind::Gcra => {
-                type $A = Gcra;
-                $body
-            }
-            AlgorithmKind::FixedWindow => {
-                type $A = FixedWindow;
-                $body
-            }
-            AlgorithmKind::SlidingWindow => {
-                type $A = SlidingWindow;
-                $body
-            }
-            AlgorithmKind::SlidingLog => {
-                type $A = SlidingLog;
-                $body
-            }
-            AlgorithmKind::Concurrency => {
-                type $A = Concurrency;
-                $body
-            }
-        }
-    };
-}
-
 impl Model {
     /// A model in which no limit has been used.
     pub fn new() -> Self {
@@ -124,7 +97,7 @@ impl Model {
 
     /// [`Store::peek`](crate::Store::peek): what a check of zero units decides now.
     pub fn peek(&self, limit: Limit<'_>, now: Nanos) -> Decision {
-        dispatch!(limit.policy.algorithm(), A => {
+        with_algorithm!(limit.policy.algorithm(), A => {
             let fresh = <A as Algorithm>::State::default();
             let state = A::table_ref(self).get(&id(limit.key, limit.policy)).unwrap_or(&fresh);
             A::decide(limit.policy, state, 0, now)
@@ -157,7 +130,7 @@ impl Model {
     /// if the state is still there.
     pub fn cancel(&mut self, reservation: &Reservation, now: Nanos) {
         for hold in &reservation.holds {
-            dispatch!(hold.policy.algorithm(), A => {
+            with_algorithm!(hold.policy.algorithm(), A => {
                 if let Some(state) = A::table(self).get_mut(&id(&hold.key, &hold.policy)) {
                     A::refund(&hold.policy, state, &hold.ticket, hold.ticket.cost, now);
                 }
@@ -169,7 +142,7 @@ impl Model {
     /// state that is gone still gets the extra usage of an estimate that was too low.
     pub fn settle(&mut self, reservation: &Reservation, actual: u64, now: Nanos) {
         for hold in &reservation.holds {
-            dispatch!(hold.policy.algorithm(), A => {
+            with_algorithm!(hold.policy.algorithm(), A => {
                 let table = A::table(self);
                 if let Some(state) = table.get_mut(&id(&hold.key, &hold.policy)) {
                     A::settle(&hold.policy, state, &hold.ticket, actual, now);
@@ -184,7 +157,7 @@ impl Model {
 
     /// [`Store::reset`](crate::Store::reset): forgets the state of one limit.
     pub fn reset(&mut self, limit: Limit<'_>) {
-        dispatch!(limit.policy.algorithm(), A => {
+        with_algorithm!(limit.policy.algorithm(), A => {
             A::table(self).remove(&id(limit.key, limit.policy));
         });
     }
@@ -198,7 +171,7 @@ impl Model {
         max_wait: Option<Duration>,
     ) -> (Decision, Option<Ticket>) {
         let policy = limit.policy;
-        dispatch!(policy.algorithm(), A => {
+        with_algorithm!(policy.algorithm(), A => {
             let state = A::table(self).entry(id(limit.key, policy)).or_default();
             let (decision, ready_at) = match max_wait {
                 None => (A::decide(policy, state, cost, now), now),

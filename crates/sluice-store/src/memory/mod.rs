@@ -24,11 +24,12 @@ use sluice_core::{
     MonotonicClock, Nanos, Policy, Verdict, WindowState,
 };
 
+use crate::dispatch::with_algorithm;
 use crate::store::{Hold, Limit, Reservation, Store};
 use hot::HotKeys;
 use lock::ShardLock;
 use spin::mutex::SpinMutexGuard as ShardGuard;
-use table::{Fingerprint, Slot, Stored, Tables, with_algorithm};
+use table::{Fingerprint, Slot, Stored, Tables};
 
 /// Sizing of a [`MemoryStore`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
