@@ -4,6 +4,8 @@
 //! the CLI accepts exactly what configuration files will, and clap turns their errors into
 //! `error: invalid value '10/x' for '--policy <RATE>': ...` with exit code 2.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::error::ErrorKind;
@@ -30,6 +32,68 @@ pub(crate) enum Command {
     /// how fast it refills, what a client would be told to wait. Refusals are normal
     /// output; the exit code is 0 whenever the decisions were made.
     Check(CheckArgs),
+
+    /// Run the rate limit server: Envoy's rate limit service over gRPC and an HTTP JSON API
+    /// (`POST /v1/check`), with Prometheus metrics at `/metrics`.
+    ///
+    /// Without --config it serves a small built-in demo configuration on the in-memory
+    /// store. The configuration is reloaded when its files change; an invalid change is
+    /// refused and the previous configuration keeps serving.
+    Serve(ServeArgs),
+}
+
+/// Flags of `sluice serve`.
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    sluice serve\n  \
+    sluice serve --config examples/config/ --http 0.0.0.0:8080 --grpc 0.0.0.0:8081\n  \
+    sluice serve --config ratelimit.yaml --redis redis://127.0.0.1:6379/\n  \
+    sluice serve --check-config ratelimit.yaml\n\n\
+    Then: curl -s localhost:8080/v1/check -d '{\"domain\":\"demo\",\"descriptors\":[{\"entries\":[{\"key\":\"user\",\"value\":\"42\"}]}]}'")]
+pub(crate) struct ServeArgs {
+    /// A sluice config file, an envoy ratelimit domain file, or a directory of them.
+    #[arg(long, value_name = "PATH", env = "SLUICE_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+
+    /// Address of the HTTP JSON API, metrics and health checks.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8080",
+        env = "SLUICE_HTTP"
+    )]
+    pub(crate) http: SocketAddr,
+
+    /// Address of the gRPC rate limit service (envoy.service.ratelimit.v3).
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8081",
+        env = "SLUICE_GRPC"
+    )]
+    pub(crate) grpc: SocketAddr,
+
+    /// Share limits through this Redis instead of the config's store (several
+    /// comma-separated URLs: the seed nodes of a Redis Cluster).
+    #[arg(long, value_name = "URL", env = "SLUICE_REDIS_URL")]
+    pub(crate) redis: Option<String>,
+
+    /// Validate this configuration, print what it holds or what is wrong, and exit
+    /// (non-zero when invalid).
+    #[arg(long, value_name = "PATH", conflicts_with = "config")]
+    pub(crate) check_config: Option<PathBuf>,
+
+    /// Ask Envoy to add the IETF `RateLimit-Policy` and `RateLimit` headers to responses.
+    #[arg(long)]
+    pub(crate) ratelimit_headers: bool,
+
+    /// Do not reload the configuration when its files change (SIGHUP still reloads).
+    #[arg(long)]
+    pub(crate) no_watch: bool,
+
+    /// Log lines for humans or one JSON object per line.
+    #[arg(long, value_name = "FORMAT", default_value = "human", value_parser = ["human", "json"])]
+    pub(crate) log_format: String,
 }
 
 /// Flags of `sluice check`.
@@ -166,7 +230,9 @@ mod tests {
             "3",
         ])
         .unwrap();
-        let Command::Check(args) = cli.command;
+        let Command::Check(args) = cli.command else {
+            panic!("parsed as check")
+        };
         let err = args.policy().unwrap_err();
         assert_eq!(err.kind(), ErrorKind::ValueValidation);
         assert!(err.to_string().contains("'--burst <N>'"), "{err}");

@@ -1,12 +1,14 @@
 //! `sluice`: the command line of sluice, a rate limiting and quota system.
 //!
-//! Today it has one command, `sluice check`, which asks an in-memory limit for a few
-//! decisions in a row and prints them, to try a policy before configuring it. This binary
+//! `sluice serve` runs the rate limit server (the library is `sluice-server`); `sluice check`
+//! asks a limit for a few decisions in a row and prints them, to try a policy before
+//! configuring it. This binary
 //! is the only place in the workspace that reads flags and uses `anyhow`; the libraries
 //! below it return typed errors. Arguments live in [`cli`], each command in its own module.
 
 mod check;
 mod cli;
+mod serve;
 
 use std::io;
 use std::process::ExitCode;
@@ -23,6 +25,7 @@ fn main() -> ExitCode {
             let policy = args.policy().unwrap_or_else(|usage| usage.exit());
             check::run(args, policy)
         }
+        Command::Serve(args) => serve::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,429 @@
+//! The decision service both protocols call: match descriptors to rules, ask the store,
+//! count, and answer per descriptor.
+//!
+//! Matching follows envoy ratelimit (see [`Config::find`]); then, unlike envoy ratelimit,
+//! the enforcing limits of one request are checked **all or nothing**: a request refused by
+//! one limit is not debited from the others. Shadow-mode limits are checked on their own,
+//! count as usual and never refuse. A rule's state is keyed by the domain and the
+//! request's entries (not the rule), so a reload that keeps a limit keeps its counters.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use sluice_core::{Clock, Decision, Key, MonotonicClock, Policy};
+use sluice_store::{Limit, Reservation};
+
+use crate::backend::Backend;
+use crate::config::{Config, Rule};
+use crate::metrics::{Metrics, RequestResult, RuleHit, UNKNOWN_DOMAIN};
+use crate::request::{CheckRequest, InvalidRequest};
+use crate::reservations::{Full, Reservations};
+
+/// Most reservations outstanding at once.
+const MAX_RESERVATIONS: usize = 100_000;
+
+/// How long an unsettled reservation is kept beyond its wait, at least.
+const RESERVATION_GRACE: Duration = Duration::from_secs(60);
+
+/// The answer for one descriptor, or for a whole request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Code {
+    /// Within the limit (or no limit applies, or the limit is in shadow mode).
+    Ok,
+    /// Over the limit.
+    OverLimit,
+}
+
+impl Code {
+    /// `OK` or `OVER_LIMIT`, as Envoy spells them.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "OK",
+            Self::OverLimit => "OVER_LIMIT",
+        }
+    }
+}
+
+/// One descriptor's answer.
+#[derive(Clone, Debug)]
+pub struct Status {
+    /// Whether this descriptor is within its limit.
+    pub code: Code,
+    /// The rule it matched, if any (also for `unlimited` rules, which have no decision).
+    pub rule: Option<Arc<Rule>>,
+    /// What the store decided, when a limited rule matched.
+    pub decision: Option<Decision>,
+}
+
+/// The answer to a whole check.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// `OverLimit` when any descriptor is.
+    pub code: Code,
+    /// One per descriptor, in request order.
+    pub statuses: Vec<Status>,
+}
+
+/// The answer to a reservation.
+#[derive(Clone, Debug)]
+pub struct ReserveOutcome {
+    /// Whether every limit granted the units within the maximum wait.
+    pub granted: bool,
+    /// The id to settle or cancel with, when granted.
+    pub id: Option<String>,
+    /// How long to wait before proceeding.
+    pub wait: Duration,
+    /// One per descriptor, in request order.
+    pub statuses: Vec<Status>,
+}
+
+/// Why a request got no decision.
+#[derive(Debug, thiserror::Error)]
+pub enum LimitError {
+    /// The request was malformed.
+    #[error(transparent)]
+    Invalid(#[from] InvalidRequest),
+    /// The store failed and no failure policy could answer.
+    #[error("the store failed: {0}")]
+    Store(String),
+    /// No outstanding reservation has this id (never issued, expired, or already used).
+    #[error(
+        "no outstanding reservation with this id (unknown, expired, or already settled or cancelled)"
+    )]
+    UnknownReservation,
+    /// The reservation table is full.
+    #[error(transparent)]
+    Full(#[from] Full),
+}
+
+/// The server's decision service over one store.
+#[derive(Debug)]
+pub struct Limiter<B> {
+    config: ArcSwap<Config>,
+    version: AtomicU64,
+    backend: B,
+    metrics: Metrics,
+    reservations: Reservations,
+    clock: MonotonicClock,
+}
+
+/// A request matched against the configuration.
+struct Matched {
+    domain: String,
+    rules: Vec<Option<Arc<Rule>>>,
+    keys: Vec<Option<Key>>,
+    costs: Vec<u64>,
+}
+
+impl Matched {
+    /// The limits of descriptors whose rule is limited and (not) in shadow mode.
+    fn limits(&self, shadow: bool) -> Vec<(usize, Limit<'_>)> {
+        self.rules
+            .iter()
+            .zip(&self.keys)
+            .enumerate()
+            .filter_map(|(i, (rule, key))| {
+                let rule = rule.as_ref()?;
+                let policy: &Policy = rule.policy.as_ref()?;
+                let limit = Limit::new(key.as_ref()?, policy).on_failure(rule.on_store_error);
+                (rule.shadow_mode == shadow).then_some((i, limit))
+            })
+            .collect()
+    }
+}
+
+impl<B: Backend> Limiter<B> {
+    /// A limiter serving `config` (version 1) on `backend`.
+    pub fn new(config: Config, backend: B) -> Self {
+        let metrics = Metrics::default();
+        metrics.reload(Ok(1));
+        Self {
+            config: ArcSwap::from_pointee(config),
+            version: AtomicU64::new(1),
+            backend,
+            metrics,
+            reservations: Reservations::new(MAX_RESERVATIONS),
+            clock: MonotonicClock::new(),
+        }
+    }
+
+    /// The configuration serving now.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// The version of the configuration serving now (1 at start, +1 per replacement).
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    /// Serves `config` from now on, atomically: a request sees the old or the new one,
+    /// never a mix. Returns the new version.
+    pub fn replace_config(&self, config: Config) -> u64 {
+        self.config.store(Arc::new(config));
+        let version = self.version.fetch_add(1, Ordering::AcqRel) + 1;
+        self.metrics.reload(Ok(version));
+        version
+    }
+
+    /// The store.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The `/metrics` text.
+    pub fn render_metrics(&self) -> String {
+        self.metrics
+            .render(self.backend.kind(), &self.backend.health())
+    }
+
+    /// Decides a request: debits every enforcing limit, or none.
+    pub async fn check(&self, request: CheckRequest) -> Result<Outcome, LimitError> {
+        let started = self.clock.now();
+        let config = self.config.load();
+        let matched = self.matched(&config, request)?;
+        let mut decisions: Vec<Option<Decision>> = vec![None; matched.rules.len()];
+
+        let enforcing = matched.limits(false);
+        for group in by_cost(&enforcing, &matched.costs) {
+            let cost = matched.costs[group[0].0];
+            let limits: Vec<Limit<'_>> = group.iter().map(|(_, limit)| *limit).collect();
+            if let [limit] = limits.as_slice() {
+                decisions[group[0].0] = Some(self.store(self.backend.check(*limit, cost).await)?);
+            } else {
+                let verdict = self.store(self.backend.check_all(&limits, cost).await)?;
+                for ((i, _), decision) in group.iter().zip(verdict.decisions) {
+                    decisions[*i] = Some(decision);
+                }
+            }
+        }
+        for (i, limit) in matched.limits(true) {
+            decisions[i] = Some(self.store(self.backend.check(limit, matched.costs[i]).await)?);
+        }
+
+        let outcome = self.outcome(&matched, decisions);
+        let shadowed = outcome.statuses.iter().any(|s| {
+            s.rule.as_ref().is_some_and(|r| r.shadow_mode) && s.decision.is_some_and(|d| !d.allowed)
+        });
+        let result = match outcome.code {
+            Code::OverLimit => RequestResult::Limited,
+            Code::Ok if shadowed => RequestResult::Shadow,
+            Code::Ok => RequestResult::Allowed,
+        };
+        let label = if config.has_domain(&matched.domain) {
+            matched.domain.as_str()
+        } else {
+            UNKNOWN_DOMAIN
+        };
+        self.metrics
+            .request(label, result, self.clock.now().saturating_since(started));
+        Ok(outcome)
+    }
+
+    /// Takes the request's hits on every enforcing limit for the earliest instant all can
+    /// supply them, if that is at most `max_wait` away. Shadow-mode limits are not reserved.
+    pub async fn reserve(
+        &self,
+        request: CheckRequest,
+        max_wait: Duration,
+    ) -> Result<ReserveOutcome, LimitError> {
+        let config = self.config.load();
+        let matched = self.matched(&config, request)?;
+        let enforcing = matched.limits(false);
+        let cost = enforcing.first().map_or(1, |(i, _)| matched.costs[*i]);
+        if let Some((i, _)) = enforcing.iter().find(|(i, _)| matched.costs[*i] != cost) {
+            return Err(InvalidRequest::new(
+                format!("descriptors[{i}].hits"),
+                "a reservation takes the same hits on every limited descriptor",
+            )
+            .into());
+        }
+        let limits: Vec<Limit<'_>> = enforcing.iter().map(|(_, limit)| *limit).collect();
+        let reservation = self.store(self.backend.reserve(&limits, cost, max_wait).await)?;
+        let mut decisions: Vec<Option<Decision>> = vec![None; matched.rules.len()];
+        for ((i, _), decision) in enforcing.iter().zip(&reservation.verdict.decisions) {
+            decisions[*i] = Some(*decision);
+        }
+        let outcome = self.outcome(&matched, decisions);
+        let (granted, wait) = (reservation.granted(), reservation.wait);
+        let id = if granted {
+            let period = limits
+                .iter()
+                .map(|l| Duration::from_nanos(l.policy.period_nanos()))
+                .max()
+                .unwrap_or_default();
+            let ttl = wait + period.max(RESERVATION_GRACE);
+            match self
+                .reservations
+                .insert(reservation.clone(), self.clock.now(), ttl)
+            {
+                Ok(id) => Some(id),
+                Err(full) => {
+                    // Nobody could ever settle it: give the units back at once.
+                    self.store(self.backend.cancel(&reservation).await)?;
+                    return Err(full.into());
+                }
+            }
+        } else {
+            None
+        };
+        Ok(ReserveOutcome {
+            granted,
+            id,
+            wait,
+            statuses: outcome.statuses,
+        })
+    }
+
+    /// Corrects reservation `id` to `actual` hits per limit; the id is then used up.
+    pub async fn settle(&self, id: &str, actual: u64) -> Result<(), LimitError> {
+        let reservation = self.take_reservation(id)?;
+        self.store(self.backend.settle(&reservation, actual).await)
+    }
+
+    /// Gives back everything reservation `id` took; the id is then used up.
+    pub async fn cancel(&self, id: &str) -> Result<(), LimitError> {
+        let reservation = self.take_reservation(id)?;
+        self.store(self.backend.cancel(&reservation).await)
+    }
+
+    /// Reservations outstanding.
+    pub fn outstanding_reservations(&self) -> usize {
+        self.reservations.len()
+    }
+
+    fn take_reservation(&self, id: &str) -> Result<Reservation, LimitError> {
+        self.reservations
+            .take(id, self.clock.now())
+            .ok_or(LimitError::UnknownReservation)
+    }
+
+    fn matched(&self, config: &Config, request: CheckRequest) -> Result<Matched, LimitError> {
+        if let Err(invalid) = request.validate() {
+            self.metrics.bad_request();
+            return Err(invalid.into());
+        }
+        let costs: Vec<u64> = (0..request.descriptors.len())
+            .map(|i| request.hits_of(i))
+            .collect();
+        let CheckRequest {
+            domain,
+            descriptors,
+            ..
+        } = request;
+        let mut rules = Vec::with_capacity(descriptors.len());
+        let mut keys = Vec::with_capacity(descriptors.len());
+        for (i, descriptor) in descriptors.iter().enumerate() {
+            let pairs = descriptor
+                .entries
+                .iter()
+                .map(|e| (e.key.as_str(), e.value.as_str()));
+            let rule = config.find_pairs(&domain, pairs.clone()).cloned();
+            let key = match rule.as_ref().and_then(|r| r.policy) {
+                Some(_) => Some(Key::new(&domain, pairs).map_err(|err| {
+                    InvalidRequest::new(format!("descriptors[{i}]"), err.to_string())
+                })?),
+                None => None,
+            };
+            rules.push(rule);
+            keys.push(key);
+        }
+        apply_replaces(&mut rules, &mut keys);
+        Ok(Matched {
+            domain,
+            rules,
+            keys,
+            costs,
+        })
+    }
+
+    fn outcome(&self, matched: &Matched, decisions: Vec<Option<Decision>>) -> Outcome {
+        let mut code = Code::Ok;
+        let statuses = matched
+            .rules
+            .iter()
+            .zip(decisions)
+            .enumerate()
+            .map(|(i, (rule, decision))| {
+                let mut status_code = Code::Ok;
+                if let (Some(rule), Some(d)) = (rule, decision) {
+                    self.metrics.rule(
+                        &rule.id,
+                        RuleHit {
+                            hits: matched.costs[i],
+                            limit: d.limit,
+                            remaining: d.remaining,
+                            refused: !d.allowed,
+                            shadow: rule.shadow_mode,
+                        },
+                    );
+                    if !d.allowed && !rule.shadow_mode {
+                        status_code = Code::OverLimit;
+                        code = Code::OverLimit;
+                    }
+                }
+                Status {
+                    code: status_code,
+                    rule: rule.clone(),
+                    decision,
+                }
+            })
+            .collect();
+        Outcome { code, statuses }
+    }
+
+    fn store<T>(&self, result: Result<T, B::Error>) -> Result<T, LimitError> {
+        result.map_err(|err| {
+            self.metrics.store_error();
+            tracing::warn!(error = %err, "store failed");
+            LimitError::Store(err.to_string())
+        })
+    }
+}
+
+/// Envoy's `replaces`: a matched rule named in another matched rule's `replaces` list does
+/// not apply to this request.
+fn apply_replaces(rules: &mut [Option<Arc<Rule>>], keys: &mut [Option<Key>]) {
+    if rules.iter().flatten().all(|r| r.replaces.is_empty()) {
+        return;
+    }
+    let replaced: Vec<String> = rules
+        .iter()
+        .flatten()
+        .flat_map(|r| r.replaces.iter().cloned())
+        .collect();
+    for (rule, key) in rules.iter_mut().zip(keys) {
+        let name = rule.as_ref().and_then(|r| r.name.as_deref());
+        if name.is_some_and(|name| replaced.iter().any(|r| r == name)) {
+            *rule = None;
+            *key = None;
+        }
+    }
+}
+
+/// Groups limits by their descriptor's cost: each group is one all-or-nothing check.
+/// Almost always one group (every descriptor at the request's hits).
+fn by_cost<'l, 'a>(
+    limits: &'l [(usize, Limit<'a>)],
+    costs: &[u64],
+) -> Vec<Vec<(usize, Limit<'a>)>> {
+    let Some((first, _)) = limits.first() else {
+        return Vec::new();
+    };
+    if limits.iter().all(|(i, _)| costs[*i] == costs[*first]) {
+        return vec![limits.to_vec()];
+    }
+    let mut groups: BTreeMap<u64, Vec<(usize, Limit<'a>)>> = BTreeMap::new();
+    for (i, limit) in limits {
+        groups.entry(costs[*i]).or_default().push((*i, *limit));
+    }
+    groups.into_values().collect()
+}

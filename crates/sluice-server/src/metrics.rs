@@ -1,0 +1,443 @@
+//! The server's own counters and their Prometheus text rendering.
+//!
+//! Hand-rolled on atomics rather than a metrics registry: the hot path is one map lookup by
+//! `&str` under a read lock and a few relaxed increments, with no allocation. Every label
+//! value comes from the configuration (domain names, rule ids), never from a request, so
+//! the number of series is bounded by the config; requests for an unknown domain count
+//! under `domain="_unknown"`.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use crate::backend::BackendHealth;
+
+/// The label value of requests for a domain the configuration does not have.
+pub const UNKNOWN_DOMAIN: &str = "_unknown";
+
+/// Upper bounds of the decision latency histogram, in seconds.
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+];
+
+/// A descriptor whose remaining capacity after a hit is at most this fraction of its limit
+/// counts as near the limit (envoy ratelimit's default ratio).
+const NEAR_LIMIT_RATIO: f64 = 0.8;
+
+/// Outcome of one request for the per-domain counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestResult {
+    /// Every limit admitted it.
+    Allowed,
+    /// At least one enforcing limit refused it.
+    Limited,
+    /// Admitted, but a shadow-mode limit would have refused it.
+    Shadow,
+}
+
+/// Outcome of one descriptor for its rule's counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuleHit {
+    /// Units asked for.
+    pub hits: u64,
+    /// The limit's capacity.
+    pub limit: u64,
+    /// What was left after the decision.
+    pub remaining: u64,
+    /// Whether the limit refused.
+    pub refused: bool,
+    /// Whether the rule is in shadow mode.
+    pub shadow: bool,
+}
+
+#[derive(Debug, Default)]
+struct DomainCounters {
+    allowed: AtomicU64,
+    limited: AtomicU64,
+    shadow: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct RuleCounters {
+    total_hits: AtomicU64,
+    over_limit: AtomicU64,
+    near_limit: AtomicU64,
+    shadow_over_limit: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|&bound| secs <= bound) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+}
+
+/// Every counter the server exports.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    domains: RwLock<HashMap<String, Arc<DomainCounters>>>,
+    rules: RwLock<HashMap<String, Arc<RuleCounters>>>,
+    latency: Histogram,
+    bad_requests: AtomicU64,
+    store_errors: AtomicU64,
+    reloads_ok: AtomicU64,
+    reloads_failed: AtomicU64,
+    config_version: AtomicU64,
+}
+
+impl Metrics {
+    /// Counts one request of `domain` (a configured domain, or [`UNKNOWN_DOMAIN`]).
+    pub fn request(&self, domain: &str, result: RequestResult, elapsed: Duration) {
+        let counters = get_or_insert(&self.domains, domain);
+        let counter = match result {
+            RequestResult::Allowed => &counters.allowed,
+            RequestResult::Limited => &counters.limited,
+            RequestResult::Shadow => &counters.shadow,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.latency.observe(elapsed);
+    }
+
+    /// Counts one descriptor decided under the rule `rule_id`.
+    pub fn rule(&self, rule_id: &str, hit: RuleHit) {
+        let counters = get_or_insert(&self.rules, rule_id);
+        counters.total_hits.fetch_add(hit.hits, Ordering::Relaxed);
+        if hit.refused {
+            let counter = if hit.shadow {
+                &counters.shadow_over_limit
+            } else {
+                &counters.over_limit
+            };
+            counter.fetch_add(hit.hits, Ordering::Relaxed);
+        } else if is_near_limit(hit.limit, hit.remaining) {
+            counters.near_limit.fetch_add(hit.hits, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a request refused as malformed.
+    pub fn bad_request(&self) {
+        self.bad_requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a decision the store failed to make.
+    pub fn store_error(&self) {
+        self.store_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a configuration reload and, when it succeeded, the version now serving.
+    pub fn reload(&self, result: Result<u64, ()>) {
+        match result {
+            Ok(version) => {
+                self.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                self.config_version.store(version, Ordering::Relaxed);
+            }
+            Err(()) => {
+                self.reloads_failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Failed reloads so far.
+    pub fn failed_reloads(&self) -> u64 {
+        self.reloads_failed.load(Ordering::Relaxed)
+    }
+
+    /// The Prometheus text exposition (format 0.0.4) of every counter, plus the store's.
+    pub fn render(&self, store_kind: &str, store: &BackendHealth) -> String {
+        let mut out = String::with_capacity(4096);
+        self.render_domains(&mut out);
+        self.render_rules(&mut out);
+        self.render_latency(&mut out);
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        family(
+            &mut out,
+            "sluice_bad_requests_total",
+            "counter",
+            "Requests refused as malformed (400 or INVALID_ARGUMENT).",
+        );
+        let _ = writeln!(
+            out,
+            "sluice_bad_requests_total {}",
+            load(&self.bad_requests)
+        );
+        family(
+            &mut out,
+            "sluice_store_errors_total",
+            "counter",
+            "Calls to the shared store that failed or timed out, and decisions the server could not make.",
+        );
+        let errors = store.store_errors + load(&self.store_errors);
+        let _ = writeln!(
+            out,
+            "sluice_store_errors_total{{store=\"{store_kind}\"}} {errors}"
+        );
+        family(
+            &mut out,
+            "sluice_degraded_decisions_total",
+            "counter",
+            "Decisions made without the shared store, under each limit's on_store_error policy.",
+        );
+        let _ = writeln!(
+            out,
+            "sluice_degraded_decisions_total{{store=\"{store_kind}\"}} {}",
+            store.degraded_decisions
+        );
+        family(
+            &mut out,
+            "sluice_store_breaker_open",
+            "gauge",
+            "1 while the circuit breaker around the shared store is open.",
+        );
+        let _ = writeln!(
+            out,
+            "sluice_store_breaker_open{{store=\"{store_kind}\"}} {}",
+            u8::from(store.breaker_open)
+        );
+        family(
+            &mut out,
+            "sluice_keys",
+            "gauge",
+            "Limiter states held in this process's memory.",
+        );
+        let _ = writeln!(out, "sluice_keys {}", store.keys);
+        family(
+            &mut out,
+            "sluice_evictions_total",
+            "counter",
+            "States evicted to stay within the memory key budget.",
+        );
+        let _ = writeln!(out, "sluice_evictions_total {}", store.evictions);
+        family(
+            &mut out,
+            "sluice_config_reloads_total",
+            "counter",
+            "Configuration reloads by result.",
+        );
+        let _ = writeln!(
+            out,
+            "sluice_config_reloads_total{{result=\"ok\"}} {}",
+            load(&self.reloads_ok)
+        );
+        let _ = writeln!(
+            out,
+            "sluice_config_reloads_total{{result=\"failed\"}} {}",
+            load(&self.reloads_failed)
+        );
+        family(
+            &mut out,
+            "sluice_config_version",
+            "gauge",
+            "Version of the configuration serving (1 at start, +1 per successful reload).",
+        );
+        let _ = writeln!(out, "sluice_config_version {}", load(&self.config_version));
+        out
+    }
+
+    fn render_domains(&self, out: &mut String) {
+        family(
+            out,
+            "sluice_decisions_total",
+            "counter",
+            "Requests decided, by domain and result (allowed, limited, shadow: allowed but over a shadow-mode limit).",
+        );
+        let domains = read(&self.domains);
+        let mut names: Vec<&String> = domains.keys().collect();
+        names.sort();
+        for name in names {
+            let counters = &domains[name];
+            let domain = escape_label(name);
+            for (result, counter) in [
+                ("allowed", &counters.allowed),
+                ("limited", &counters.limited),
+                ("shadow", &counters.shadow),
+            ] {
+                let value = counter.load(Ordering::Relaxed);
+                let _ = writeln!(
+                    out,
+                    "sluice_decisions_total{{domain=\"{domain}\",result=\"{result}\"}} {value}"
+                );
+            }
+        }
+    }
+
+    fn render_rules(&self, out: &mut String) {
+        let rules = read(&self.rules);
+        let mut ids: Vec<&String> = rules.keys().collect();
+        ids.sort();
+        for (metric, help, pick) in [
+            (
+                "sluice_rule_hits_total",
+                "Units asked of each configured limit.",
+                (|c: &RuleCounters| &c.total_hits) as fn(&RuleCounters) -> &AtomicU64,
+            ),
+            (
+                "sluice_rule_over_limit_total",
+                "Units each limit refused.",
+                |c| &c.over_limit,
+            ),
+            (
+                "sluice_rule_near_limit_total",
+                "Units admitted with at most 20% of the limit left.",
+                |c| &c.near_limit,
+            ),
+            (
+                "sluice_rule_shadow_over_limit_total",
+                "Units a shadow-mode limit would have refused.",
+                |c| &c.shadow_over_limit,
+            ),
+        ] {
+            family(out, metric, "counter", help);
+            for id in &ids {
+                let value = pick(&rules[*id]).load(Ordering::Relaxed);
+                let _ = writeln!(out, "{metric}{{rule=\"{}\"}} {value}", escape_label(id));
+            }
+        }
+    }
+
+    fn render_latency(&self, out: &mut String) {
+        let name = "sluice_decision_duration_seconds";
+        family(
+            out,
+            name,
+            "histogram",
+            "Time to decide one request, from parsed request to answer.",
+        );
+        let mut cumulative = 0;
+        for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&self.latency.buckets) {
+            cumulative += bucket.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let count = self.latency.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = Duration::from_nanos(self.latency.sum_nanos.load(Ordering::Relaxed));
+        let _ = writeln!(out, "{name}_sum {}", sum.as_secs_f64());
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
+fn is_near_limit(limit: u64, remaining: u64) -> bool {
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "a ratio of counts needs no exactness"
+    )]
+    let used = 1.0 - remaining as f64 / limit.max(1) as f64;
+    used >= NEAR_LIMIT_RATIO
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn get_or_insert<T: Default>(map: &RwLock<HashMap<String, Arc<T>>>, name: &str) -> Arc<T> {
+    if let Some(found) = read(map).get(name) {
+        return Arc::clone(found);
+    }
+    let mut map = map.write().unwrap_or_else(PoisonError::into_inner);
+    Arc::clone(map.entry(name.to_owned()).or_default())
+}
+
+/// A label value as the text format wants it: backslash, quote and newline escaped.
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_by_domain_and_rule() {
+        let metrics = Metrics::default();
+        let ms = Duration::from_millis;
+        metrics.request("api", RequestResult::Allowed, ms(0));
+        metrics.request("api", RequestResult::Limited, ms(3));
+        metrics.rule(
+            "api.user",
+            RuleHit {
+                hits: 2,
+                limit: 10,
+                remaining: 1,
+                refused: false,
+                shadow: false,
+            },
+        );
+        metrics.rule(
+            "api.user",
+            RuleHit {
+                hits: 1,
+                limit: 10,
+                remaining: 0,
+                refused: true,
+                shadow: false,
+            },
+        );
+        metrics.rule(
+            "api.ip",
+            RuleHit {
+                hits: 1,
+                limit: 10,
+                remaining: 0,
+                refused: true,
+                shadow: true,
+            },
+        );
+        metrics.reload(Ok(2));
+        metrics.reload(Err(()));
+        let text = metrics.render(
+            "memory",
+            &BackendHealth {
+                keys: 7,
+                ..BackendHealth::default()
+            },
+        );
+        for line in [
+            "sluice_decisions_total{domain=\"api\",result=\"allowed\"} 1",
+            "sluice_decisions_total{domain=\"api\",result=\"limited\"} 1",
+            "sluice_rule_hits_total{rule=\"api.user\"} 3",
+            "sluice_rule_near_limit_total{rule=\"api.user\"} 2",
+            "sluice_rule_over_limit_total{rule=\"api.user\"} 1",
+            "sluice_rule_shadow_over_limit_total{rule=\"api.ip\"} 1",
+            "sluice_rule_over_limit_total{rule=\"api.ip\"} 0",
+            "sluice_decision_duration_seconds_bucket{le=\"0.000025\"} 1",
+            "sluice_decision_duration_seconds_bucket{le=\"0.0025\"} 1",
+            "sluice_decision_duration_seconds_bucket{le=\"0.005\"} 2",
+            "sluice_decision_duration_seconds_count 2",
+            "sluice_keys 7",
+            "sluice_config_reloads_total{result=\"ok\"} 1",
+            "sluice_config_reloads_total{result=\"failed\"} 1",
+            "sluice_config_version 2",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}

@@ -1,0 +1,258 @@
+//! Putting it together: build the store the configuration names, serve HTTP and gRPC on
+//! the given listeners, watch the configuration, stop gracefully.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::serve::ListenerExt;
+use sluice_core::MonotonicClock;
+use sluice_redis::RedisStore;
+use sluice_store::{FallbackConfig, FallbackStore, MemoryStore};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::transport::server::TcpIncoming;
+
+use crate::backend::{Backend, RedisBackend};
+use crate::config::{Config, ConfigError, StoreConfig};
+use crate::grpc::RlsService;
+use crate::limiter::Limiter;
+use crate::{http, reload};
+
+/// How often the store's housekeeping runs.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// What `sluice serve` was asked to do, beyond its listeners.
+#[derive(Clone, Debug, Default)]
+pub struct ServeOptions {
+    /// The config file or directory; `None` serves [`Config::demo`].
+    pub config_path: Option<PathBuf>,
+    /// Use this Redis instead of the config's `store:` (comma-separated URLs: a cluster).
+    pub redis: Option<String>,
+    /// Ask Envoy to add `RateLimit-Policy`/`RateLimit` headers to its responses.
+    pub ratelimit_headers: bool,
+    /// Reload the configuration when its files change (ignored without `config_path`).
+    pub watch: bool,
+}
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The configuration did not load.
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// Redis could not be reached at start.
+    #[error("cannot connect to Redis at {url}: {source}")]
+    Redis {
+        /// The URL(s), without password.
+        url: String,
+        /// What redis-rs said.
+        source: sluice_redis::RedisError,
+    },
+    /// The file watcher could not start.
+    #[error("cannot watch the configuration: {0}")]
+    Watch(#[from] notify::Error),
+    /// A listener failed.
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+}
+
+/// Loads the configuration and applies `--redis`.
+pub fn load_config(options: &ServeOptions) -> Result<Config, ConfigError> {
+    let mut config = match &options.config_path {
+        Some(path) => Config::load(path)?,
+        None => Config::demo(),
+    };
+    if let Some(redis) = &options.redis {
+        config.store = redis_store(redis, config.store.clone());
+    }
+    Ok(config)
+}
+
+fn redis_store(urls: &str, current: StoreConfig) -> StoreConfig {
+    let urls: Vec<String> = urls
+        .split(',')
+        .map(|u| u.trim().to_owned())
+        .filter(|u| !u.is_empty())
+        .collect();
+    let timeout = match current {
+        StoreConfig::Redis { timeout, .. } => timeout,
+        StoreConfig::Memory => FallbackConfig::default().timeout,
+    };
+    StoreConfig::Redis {
+        cluster: urls.len() > 1,
+        urls,
+        timeout,
+    }
+}
+
+/// Serves until `shutdown` resolves, then stops accepting and finishes in-flight requests.
+pub async fn serve(
+    options: ServeOptions,
+    http: TcpListener,
+    grpc: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let config = load_config(&options)?;
+    match config.store.clone() {
+        StoreConfig::Memory => {
+            run(
+                Limiter::new(config, MemoryStore::new()),
+                &options,
+                http,
+                grpc,
+                shutdown,
+            )
+            .await
+        }
+        StoreConfig::Redis {
+            urls,
+            cluster,
+            timeout,
+        } => {
+            let backend = connect_redis(&urls, cluster, timeout).await?;
+            run(
+                Limiter::new(config, backend),
+                &options,
+                http,
+                grpc,
+                shutdown,
+            )
+            .await
+        }
+    }
+}
+
+async fn connect_redis(
+    urls: &[String],
+    cluster: bool,
+    timeout: Duration,
+) -> Result<RedisBackend, ServeError> {
+    let connected = if cluster {
+        RedisStore::connect_cluster(urls).await
+    } else {
+        match urls.first() {
+            Some(url) => RedisStore::connect(url).await,
+            None => RedisStore::connect("redis://127.0.0.1:6379/").await,
+        }
+    };
+    let redis = connected.map_err(|source| ServeError::Redis {
+        url: urls.iter().map(|u| redact(u)).collect::<Vec<_>>().join(","),
+        source,
+    })?;
+    let config = FallbackConfig {
+        timeout,
+        ..FallbackConfig::default()
+    };
+    Ok(FallbackStore::with_config(
+        redis,
+        MemoryStore::new(),
+        config,
+        MonotonicClock::new(),
+    ))
+}
+
+/// A Redis URL without its password, for logs and errors.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((credentials, host)) => {
+            let user = credentials.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// Serves `limiter` on the listeners until `shutdown` resolves.
+pub async fn run<B: Backend>(
+    limiter: Limiter<B>,
+    options: &ServeOptions,
+    http: TcpListener,
+    grpc: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let limiter = Arc::new(limiter);
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
+
+    let _watcher = match (&options.config_path, options.watch) {
+        (Some(path), true) => Some(reload::watch(Arc::clone(&limiter), path.clone())?),
+        _ => None,
+    };
+    tokio::spawn(sweep(Arc::clone(&limiter), stopped.clone()));
+
+    let app = http::router(Arc::clone(&limiter));
+    let http_listener = http.tap_io(|stream| {
+        let _ = stream.set_nodelay(true);
+    });
+    let http_server =
+        axum::serve(http_listener, app).with_graceful_shutdown(until(stopped.clone()));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let rls = RlsService::new(Arc::clone(&limiter), options.ratelimit_headers).into_server();
+    health.set_serving::<RateLimitServer<B>>().await;
+    let grpc_server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(rls)
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(grpc).with_nodelay(Some(true)),
+            until(stopped),
+        );
+
+    let (http_result, grpc_result) = tokio::join!(http_server.into_future(), grpc_server);
+    http_result?;
+    grpc_result?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+type RateLimitServer<B> = envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer<RlsService<B>>;
+
+async fn until(mut stopped: watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|stop| *stop).await;
+}
+
+async fn sweep<B: Backend>(limiter: Arc<Limiter<B>>, mut stopped: watch::Receiver<bool>) {
+    let mut ticks = tokio::time::interval(SWEEP_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => limiter.backend().sweep(),
+            _ = stopped.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("redis://:hunter2@db:6379/0"),
+            "redis://:***@db:6379/0"
+        );
+        assert_eq!(redact("rediss://me:pw@db/"), "rediss://me:***@db/");
+        assert_eq!(redact("redis://db:6379/"), "redis://db:6379/");
+    }
+
+    #[test]
+    fn several_redis_urls_are_a_cluster() {
+        let store = redis_store("redis://a:1, redis://b:2", StoreConfig::Memory);
+        let StoreConfig::Redis { urls, cluster, .. } = store else {
+            panic!("{store:?}")
+        };
+        assert!(cluster);
+        assert_eq!(urls, ["redis://a:1", "redis://b:2"]);
+    }
+}

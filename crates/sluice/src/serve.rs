@@ -1,0 +1,117 @@
+//! `sluice serve`: logging, listeners and signals around [`sluice_server::serve`].
+
+use anyhow::Context as _;
+use sluice_server::config::{Config, StoreConfig};
+use sluice_server::server::redact;
+use sluice_server::{ServeOptions, load_config};
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::ServeArgs;
+
+/// Runs the server until Ctrl-C or SIGTERM, or validates a configuration
+/// (`--check-config`).
+pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<()> {
+    if let Some(path) = &args.check_config {
+        let config = Config::load(path)?;
+        println!("{}: valid", path.display());
+        println!("{}", describe(&config));
+        return Ok(());
+    }
+    init_logging(&args.log_format);
+    let options = ServeOptions {
+        config_path: args.config.clone(),
+        redis: args.redis.clone(),
+        ratelimit_headers: args.ratelimit_headers,
+        watch: !args.no_watch,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        // Load once up front so a bad config fails before binding, with its own message.
+        let config = load_config(&options)?;
+        let http = TcpListener::bind(args.http)
+            .await
+            .with_context(|| format!("cannot listen on {} (--http)", args.http))?;
+        let grpc = TcpListener::bind(args.grpc)
+            .await
+            .with_context(|| format!("cannot listen on {} (--grpc)", args.grpc))?;
+        match &options.config_path {
+            Some(path) => tracing::info!(config = %path.display(), "{}", describe(&config)),
+            None => tracing::info!(
+                "no --config given: serving the built-in demo configuration ({})",
+                describe(&config)
+            ),
+        }
+        tracing::info!(
+            http = %format!("http://{}", http.local_addr()?),
+            grpc = %grpc.local_addr()?,
+            store = %store_name(&config.store),
+            "sluice serve listening (HTTP JSON at /v1/check, metrics at /metrics; gRPC envoy.service.ratelimit.v3)"
+        );
+        sluice_server::serve(options, http, grpc, shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+/// One line about what a configuration holds.
+fn describe(config: &Config) -> String {
+    let domains: Vec<&str> = config.domain_names();
+    format!(
+        "domains: {}; store: {}",
+        domains.join(", "),
+        store_name(&config.store)
+    )
+}
+
+fn store_name(store: &StoreConfig) -> String {
+    match store {
+        StoreConfig::Memory => "memory".to_owned(),
+        StoreConfig::Redis { urls, cluster, .. } => {
+            let urls: Vec<String> = urls.iter().map(|u| redact(u)).collect();
+            let kind = if *cluster { "redis cluster" } else { "redis" };
+            format!("{kind} {}", urls.join(","))
+        }
+    }
+}
+
+fn init_logging(format: &str) {
+    let filter = EnvFilter::try_from_env("SLUICE_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Resolves on Ctrl-C or (on Unix) SIGTERM.
+async fn shutdown_signal() {
+    {
+        let ctrl_c = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        #[cfg(unix)]
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(_) => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let terminate = std::future::pending::<()>();
+        tokio::select! {
+            () = ctrl_c => {}
+            () = terminate => {}
+        }
+        tracing::info!("shutting down: no new connections, finishing requests in flight");
+    }
+}
