@@ -63,6 +63,28 @@ impl Clock for MonotonicClock {
     }
 }
 
+/// Wall-clock time: nanoseconds since the Unix epoch, as the OS reports it.
+///
+/// For instants that must mean the same on every machine and after a restart (when an
+/// override expires, when a persisted quota resets), never for rate decisions: the OS may
+/// step this clock backwards, which the [`Clock`] contract otherwise rules out. Reads
+/// before 1970 (a badly set clock) give 0.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    #[allow(
+        clippy::disallowed_types,
+        reason = "the one place that reads the OS clock"
+    )]
+    fn now(&self) -> Nanos {
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Nanos::new(duration_nanos(since_epoch))
+    }
+}
+
 /// A clock that moves only when told to. Clones share one time, so a test can hand a clone
 /// to a store and keep one to drive it.
 #[derive(Clone, Default)]

@@ -38,7 +38,7 @@ pub use algorithm::{
     SlidingWindow, WindowState,
 };
 pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker, Permit, Rejected};
-pub use clock::{Clock, ManualClock, MonotonicClock};
+pub use clock::{Clock, ManualClock, MonotonicClock, SystemClock};
 pub use decision::{Decision, Plan, Ticket, Verdict};
 pub use key::{Key, KeyError};
 pub use policy::{AlgorithmKind, MAX_SPAN_NANOS, Policy, PolicyError, Rate};

@@ -116,7 +116,7 @@ fn descriptor_status(status: &Status) -> DescriptorStatus {
     let current_limit = status
         .rule
         .as_deref()
-        .filter(|r| r.policy.is_some())
+        .filter(|r| !r.is_unlimited())
         .map(|rule| RateLimit {
             name: rule.name.clone().unwrap_or_default(),
             requests_per_unit: saturate(rule.requests_per_unit),

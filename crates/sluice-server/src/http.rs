@@ -222,17 +222,18 @@ fn is_one(n: &u64) -> bool {
 
 impl<'a> From<&'a Status> for StatusJson<'a> {
     fn from(status: &'a Status) -> Self {
-        let limit = status.rule.as_deref().and_then(|rule| {
-            let policy = rule.policy.as_ref()?;
-            Some(LimitJson {
+        let limit = status
+            .rule
+            .as_deref()
+            .filter(|r| !r.is_unlimited())
+            .map(|rule| LimitJson {
                 requests_per_unit: rule.requests_per_unit,
                 unit: rule.unit.name(),
                 unit_multiplier: rule.unit_multiplier,
                 name: rule.name.as_deref(),
-                algorithm: policy.algorithm().name(),
+                algorithm: rule.policy.map_or("blocked", |p| p.algorithm().name()),
                 shadow_mode: rule.shadow_mode,
-            })
-        });
+            });
         let decision = status.decision;
         StatusJson {
             code: status.code.as_str(),
@@ -252,7 +253,7 @@ fn ceil_millis(d: Duration) -> u64 {
     u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
 }
 
-fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
+pub(crate) fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
     match serde_json::to_vec(body) {
         Ok(bytes) => {
             let mut response = (status, bytes).into_response();
@@ -301,7 +302,7 @@ fn error_response(err: &LimitError) -> Response {
 }
 
 /// An RFC 9457 problem response; a field error also goes in `invalid-params`.
-fn problem(
+pub(crate) fn problem(
     status: StatusCode,
     title: &str,
     detail: &str,
@@ -327,7 +328,7 @@ fn problem(
 
 /// A JSON body decoded with field paths in its errors, answered as problems.
 #[derive(Debug)]
-struct Json<T>(T);
+pub(crate) struct Json<T>(pub(crate) T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
     type Rejection = Response;

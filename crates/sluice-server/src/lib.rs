@@ -21,12 +21,14 @@
 //! # Ok(()) }
 //! ```
 
+pub mod admin;
 pub mod backend;
 pub mod config;
 pub mod grpc;
 pub mod http;
 pub mod limiter;
 pub mod metrics;
+pub mod overrides;
 pub mod reload;
 pub mod request;
 pub mod reservations;

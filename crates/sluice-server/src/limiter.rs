@@ -8,17 +8,21 @@
 //! request's entries (not the rule), so a reload that keeps a limit keeps its counters.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use sluice_core::{Clock, Decision, Key, MonotonicClock, Policy};
+use serde::Serialize;
+use sluice_core::{Clock, Decision, Key, MonotonicClock, Policy, SystemClock};
 use sluice_store::{Limit, Reservation};
 
 use crate::backend::Backend;
 use crate::config::{Config, Rule};
 use crate::metrics::{Metrics, RequestResult, RuleHit, UNKNOWN_DOMAIN};
+use crate::overrides::{
+    DescriptorRef, Override, OverrideRequest, OverrideSet, OverrideStore, OverrideStoreError,
+};
 use crate::request::{CheckRequest, InvalidRequest};
 use crate::reservations::{Full, Reservations};
 
@@ -80,6 +84,29 @@ pub struct ReserveOutcome {
     pub statuses: Vec<Status>,
 }
 
+/// What applies to a descriptor: its key, the rule (an override's, else the config's) and
+/// the override, if one is in force.
+pub type Applied = (Key, Option<Arc<Rule>>, Option<Override>);
+
+/// Why an admin operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The request was malformed.
+    #[error(transparent)]
+    Invalid(#[from] InvalidRequest),
+    /// The override store failed.
+    #[error("the override store failed: {0}")]
+    Overrides(#[from] OverrideStoreError),
+    /// The limiter's store failed.
+    #[error(transparent)]
+    Limit(#[from] LimitError),
+}
+
+/// Wall-clock milliseconds from a Unix-nanosecond clock.
+fn unix_ms(clock: &dyn Clock) -> u64 {
+    clock.now().as_u64() / 1_000_000
+}
+
 /// Why a request got no decision.
 #[derive(Debug, thiserror::Error)]
 pub enum LimitError {
@@ -100,7 +127,6 @@ pub enum LimitError {
 }
 
 /// The server's decision service over one store.
-#[derive(Debug)]
 pub struct Limiter<B> {
     config: ArcSwap<Config>,
     version: AtomicU64,
@@ -108,6 +134,33 @@ pub struct Limiter<B> {
     metrics: Metrics,
     reservations: Reservations,
     clock: MonotonicClock,
+    overrides: ArcSwap<OverrideSet>,
+    override_store: OverrideStore,
+    override_version: AtomicU64,
+    wall: Arc<dyn Clock>,
+    started_ms: u64,
+    last_reload: Mutex<ReloadStatus>,
+}
+
+impl<B: std::fmt::Debug> std::fmt::Debug for Limiter<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limiter")
+            .field("version", &self.version)
+            .field("backend", &self.backend)
+            .field("override_store", &self.override_store)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The outcome of the last configuration load.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ReloadStatus {
+    /// Whether it was served.
+    pub ok: bool,
+    /// When (Unix ms).
+    pub at_unix_ms: u64,
+    /// Why not, when it failed.
+    pub error: Option<String>,
 }
 
 /// A request matched against the configuration.
@@ -119,6 +172,25 @@ struct Matched {
 }
 
 impl Matched {
+    /// Whether an enforcing (not shadow) rule of the request blocks everything.
+    fn blocks(&self) -> bool {
+        self.rules
+            .iter()
+            .flatten()
+            .any(|r| r.blocked && !r.shadow_mode)
+    }
+
+    /// The refusals of blocked rules, `None` elsewhere.
+    fn blocked_decisions(&self) -> Vec<Option<Decision>> {
+        self.rules
+            .iter()
+            .map(|rule| {
+                let rule = rule.as_ref().filter(|r| r.blocked)?;
+                Some(Decision::exceeds_capacity(0, 0, rule.period()))
+            })
+            .collect()
+    }
+
     /// The limits of descriptors whose rule is limited and (not) in shadow mode.
     fn limits(&self, shadow: bool) -> Vec<(usize, Limit<'_>)> {
         self.rules
@@ -140,6 +212,8 @@ impl<B: Backend> Limiter<B> {
     pub fn new(config: Config, backend: B) -> Self {
         let metrics = Metrics::default();
         metrics.reload(Ok(1));
+        let wall: Arc<dyn Clock> = Arc::new(SystemClock);
+        let started_ms = unix_ms(&*wall);
         Self {
             config: ArcSwap::from_pointee(config),
             version: AtomicU64::new(1),
@@ -147,7 +221,146 @@ impl<B: Backend> Limiter<B> {
             metrics,
             reservations: Reservations::new(MAX_RESERVATIONS),
             clock: MonotonicClock::new(),
+            overrides: ArcSwap::from_pointee(OverrideSet::default()),
+            override_store: OverrideStore::Local {
+                file: None,
+                state: Arc::default(),
+            },
+            override_version: AtomicU64::new(0),
+            wall,
+            started_ms,
+            last_reload: Mutex::new(ReloadStatus {
+                ok: true,
+                at_unix_ms: started_ms,
+                error: None,
+            }),
         }
+    }
+
+    /// The same limiter keeping its overrides in `store`.
+    #[must_use]
+    pub fn with_override_store(mut self, store: OverrideStore) -> Self {
+        self.override_store = store;
+        self
+    }
+
+    /// The same limiter reading wall-clock time (override expiry) from `clock`: Unix
+    /// nanoseconds, e.g. a `ManualClock` in tests.
+    #[must_use]
+    pub fn with_wall_clock(mut self, clock: impl Clock) -> Self {
+        self.wall = Arc::new(clock);
+        self.started_ms = unix_ms(&*self.wall);
+        self
+    }
+
+    /// Now, in Unix milliseconds.
+    pub fn wall_ms(&self) -> u64 {
+        unix_ms(&*self.wall)
+    }
+
+    /// When the limiter was built, in Unix milliseconds.
+    pub fn started_ms(&self) -> u64 {
+        self.started_ms
+    }
+
+    /// The outcome of the last configuration load.
+    pub fn last_reload(&self) -> ReloadStatus {
+        self.last_reload
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Records a failed reload (the previous configuration keeps serving).
+    pub fn reload_failed(&self, error: String) {
+        self.metrics.reload(Err(()));
+        *self
+            .last_reload
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = ReloadStatus {
+            ok: false,
+            at_unix_ms: self.wall_ms(),
+            error: Some(error),
+        };
+    }
+
+    /// The overrides in force.
+    pub fn overrides(&self) -> Arc<OverrideSet> {
+        self.overrides.load_full()
+    }
+
+    /// Reloads the overrides from their store if they changed there (another instance
+    /// changed them); the server calls this about twice a second.
+    pub async fn sync_overrides(&self) -> Result<(), OverrideStoreError> {
+        let version = self.override_store.version().await?;
+        if version != self.override_version.load(Ordering::Acquire) {
+            let all = self.override_store.load().await?;
+            self.overrides.store(Arc::new(OverrideSet::new(all)));
+            self.override_version.store(version, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Sets an override (replacing one on the same descriptor) and applies it here at once.
+    pub async fn put_override(&self, request: OverrideRequest) -> Result<Override, AdminError> {
+        let o = request.into_override(self.wall_ms())?;
+        let key = o.key()?;
+        self.override_store.put(&o, &key).await?;
+        self.sync_overrides().await?;
+        tracing::info!(key = %key.as_str(), action = ?o.action, "override set");
+        Ok(o)
+    }
+
+    /// Deletes the override of a descriptor; whether there was one.
+    pub async fn delete_override(&self, descriptor: &DescriptorRef) -> Result<bool, AdminError> {
+        let key = descriptor.key()?;
+        let deleted = self.override_store.delete(&key).await?;
+        self.sync_overrides().await?;
+        if deleted {
+            tracing::info!(key = %key.as_str(), "override deleted");
+        }
+        Ok(deleted)
+    }
+
+    /// The rule a descriptor is held to now (an override, else the config's) and its key.
+    pub fn rule_for(&self, descriptor: &DescriptorRef) -> Result<Applied, AdminError> {
+        let key = descriptor.key()?;
+        let config = self.config.load();
+        let pairs = descriptor
+            .entries
+            .iter()
+            .map(|e| (e.key.as_str(), e.value.as_str()));
+        let configured = config.find_pairs(&descriptor.domain, pairs).cloned();
+        let overrides = self.overrides.load();
+        match overrides.get(key.as_str(), self.wall_ms()) {
+            Some((o, rule)) => Ok((key, Some(Arc::clone(rule)), Some(o.clone()))),
+            None => Ok((key, configured, None)),
+        }
+    }
+
+    /// The current state of a descriptor's limit (nothing debited), if a limited rule
+    /// applies to it.
+    pub async fn peek(&self, key: &Key, rule: &Rule) -> Result<Option<Decision>, LimitError> {
+        let Some(policy) = rule.policy.as_ref() else {
+            return Ok(None);
+        };
+        let limit = Limit::new(key, policy).on_failure(rule.on_store_error);
+        Ok(Some(self.store(self.backend.peek(limit).await)?))
+    }
+
+    /// Forgets a descriptor's counters under the rule that applies to it now; the rule's
+    /// id, or `None` when no limited rule applies.
+    pub async fn reset(&self, descriptor: &DescriptorRef) -> Result<Option<String>, AdminError> {
+        let (key, rule, _) = self.rule_for(descriptor)?;
+        let Some(rule) = rule.filter(|r| r.policy.is_some()) else {
+            return Ok(None);
+        };
+        if let Some(policy) = rule.policy.as_ref() {
+            let limit = Limit::new(&key, policy).on_failure(rule.on_store_error);
+            self.store(self.backend.reset(limit).await)?;
+        }
+        tracing::info!(key = %key.as_str(), rule = %rule.id, "counters reset");
+        Ok(Some(rule.id.clone()))
     }
 
     /// The configuration serving now.
@@ -166,6 +379,14 @@ impl<B: Backend> Limiter<B> {
         self.config.store(Arc::new(config));
         let version = self.version.fetch_add(1, Ordering::AcqRel) + 1;
         self.metrics.reload(Ok(version));
+        *self
+            .last_reload
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = ReloadStatus {
+            ok: true,
+            at_unix_ms: self.wall_ms(),
+            error: None,
+        };
         version
     }
 
@@ -190,10 +411,20 @@ impl<B: Backend> Limiter<B> {
         let started = self.clock.now();
         let config = self.config.load();
         let matched = self.matched(&config, request)?;
-        let mut decisions: Vec<Option<Decision>> = vec![None; matched.rules.len()];
-
+        let mut decisions = matched.blocked_decisions();
         let enforcing = matched.limits(false);
-        for group in by_cost(&enforcing, &matched.costs) {
+        if matched.blocks() {
+            // Refused whatever the other limits say: debit none of them, show their state.
+            for (i, limit) in &enforcing {
+                decisions[*i] = Some(self.store(self.backend.peek(*limit).await)?);
+            }
+        }
+        let groups = if matched.blocks() {
+            Vec::new()
+        } else {
+            by_cost(&enforcing, &matched.costs)
+        };
+        for group in groups {
             let cost = matched.costs[group[0].0];
             let limits: Vec<Limit<'_>> = group.iter().map(|(_, limit)| *limit).collect();
             if let [limit] = limits.as_slice() {
@@ -237,6 +468,15 @@ impl<B: Backend> Limiter<B> {
     ) -> Result<ReserveOutcome, LimitError> {
         let config = self.config.load();
         let matched = self.matched(&config, request)?;
+        if matched.blocks() {
+            let outcome = self.outcome(&matched, matched.blocked_decisions());
+            return Ok(ReserveOutcome {
+                granted: false,
+                id: None,
+                wait: Duration::ZERO,
+                statuses: outcome.statuses,
+            });
+        }
         let enforcing = matched.limits(false);
         let cost = enforcing.first().map_or(1, |(i, _)| matched.costs[*i]);
         if let Some((i, _)) = enforcing.iter().find(|(i, _)| matched.costs[*i] != cost) {
@@ -321,18 +561,28 @@ impl<B: Backend> Limiter<B> {
         } = request;
         let mut rules = Vec::with_capacity(descriptors.len());
         let mut keys = Vec::with_capacity(descriptors.len());
+        let overrides = self.overrides.load();
+        let now_ms = self.wall_ms();
         for (i, descriptor) in descriptors.iter().enumerate() {
             let pairs = descriptor
                 .entries
                 .iter()
                 .map(|e| (e.key.as_str(), e.value.as_str()));
-            let rule = config.find_pairs(&domain, pairs.clone()).cloned();
-            let key = match rule.as_ref().and_then(|r| r.policy) {
-                Some(_) => Some(Key::new(&domain, pairs).map_err(|err| {
+            let mut rule = config.find_pairs(&domain, pairs.clone()).cloned();
+            let needs_key =
+                !overrides.is_empty() || rule.as_ref().is_some_and(|r| r.policy.is_some());
+            let key = if needs_key {
+                Some(Key::new(&domain, pairs).map_err(|err| {
                     InvalidRequest::new(format!("descriptors[{i}]"), err.to_string())
-                })?),
-                None => None,
+                })?)
+            } else {
+                None
             };
+            if let Some(key) = &key
+                && let Some((_, overriding)) = overrides.get(key.as_str(), now_ms)
+            {
+                rule = Some(Arc::clone(overriding));
+            }
             rules.push(rule);
             keys.push(key);
         }

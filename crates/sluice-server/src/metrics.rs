@@ -151,6 +151,42 @@ impl Metrics {
         }
     }
 
+    /// Requests so far per domain: `[allowed, limited, shadow]`, sorted by domain.
+    pub fn domain_totals(&self) -> Vec<(String, [u64; 3])> {
+        let domains = read(&self.domains);
+        let mut totals: Vec<(String, [u64; 3])> = domains
+            .iter()
+            .map(|(name, c)| {
+                let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+                (
+                    name.clone(),
+                    [load(&c.allowed), load(&c.limited), load(&c.shadow)],
+                )
+            })
+            .collect();
+        totals.sort();
+        totals
+    }
+
+    /// Units so far per rule id: `[hits, over_limit, near_limit, shadow_over_limit]`.
+    pub fn rule_totals(&self) -> HashMap<String, [u64; 4]> {
+        read(&self.rules)
+            .iter()
+            .map(|(id, c)| {
+                let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+                (
+                    id.clone(),
+                    [
+                        load(&c.total_hits),
+                        load(&c.over_limit),
+                        load(&c.near_limit),
+                        load(&c.shadow_over_limit),
+                    ],
+                )
+            })
+            .collect()
+    }
+
     /// Failed reloads so far.
     pub fn failed_reloads(&self) -> u64 {
         self.reloads_failed.load(Ordering::Relaxed)

@@ -96,7 +96,7 @@ pub fn reload<B: Backend>(limiter: &Limiter<B>, path: &Path) {
             tracing::info!(version, path = %path.display(), "configuration reloaded");
         }
         Err(err) => {
-            limiter.metrics().reload(Err(()));
+            limiter.reload_failed(err.to_string());
             tracing::error!(error = %err, "configuration reload failed; the previous one keeps serving");
         }
     }

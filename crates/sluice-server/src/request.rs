@@ -3,7 +3,7 @@
 //! gRPC and HTTP JSON both decode into a [`CheckRequest`]; [`CheckRequest::validate`] is the
 //! one place the bounds are enforced, and its errors name the field as a JSON path.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Most descriptors in one request.
 pub const MAX_DESCRIPTORS: usize = 64;
@@ -37,7 +37,7 @@ pub struct Descriptor {
 }
 
 /// One `key`/`value` entry as sent over JSON (`value` may be omitted).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EntryRequest {
     /// The entry's key.

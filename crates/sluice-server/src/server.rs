@@ -14,11 +14,16 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 
+use crate::admin::{self, Series};
 use crate::backend::{Backend, RedisBackend};
 use crate::config::{Config, ConfigError, StoreConfig};
 use crate::grpc::RlsService;
 use crate::limiter::Limiter;
+use crate::overrides::{OverrideStore, OverrideStoreError, RedisOverrides};
 use crate::{http, reload};
+
+/// How often overrides set by other instances are picked up.
+const OVERRIDE_SYNC: Duration = Duration::from_millis(500);
 
 /// How often the store's housekeeping runs.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
@@ -34,6 +39,10 @@ pub struct ServeOptions {
     pub ratelimit_headers: bool,
     /// Reload the configuration when its files change (ignored without `config_path`).
     pub watch: bool,
+    /// Enables the admin API with this bearer token (`None`: the admin API is disabled).
+    pub admin_token: Option<String>,
+    /// Where overrides persist on the in-memory store (with Redis they live in Redis).
+    pub overrides_file: Option<PathBuf>,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -53,6 +62,9 @@ pub enum ServeError {
     /// The file watcher could not start.
     #[error("cannot watch the configuration: {0}")]
     Watch(#[from] notify::Error),
+    /// The override store could not be opened.
+    #[error("overrides: {0}")]
+    Overrides(#[from] OverrideStoreError),
     /// A listener failed.
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
@@ -100,14 +112,9 @@ pub async fn serve(
     let config = load_config(&options)?;
     match config.store.clone() {
         StoreConfig::Memory => {
-            run(
-                Limiter::new(config, MemoryStore::new()),
-                &options,
-                http,
-                grpc,
-                shutdown,
-            )
-            .await
+            let overrides = OverrideStore::local(options.overrides_file.clone())?;
+            let limiter = Limiter::new(config, MemoryStore::new()).with_override_store(overrides);
+            run(limiter, &options, http, grpc, shutdown).await
         }
         StoreConfig::Redis {
             urls,
@@ -115,14 +122,12 @@ pub async fn serve(
             timeout,
         } => {
             let backend = connect_redis(&urls, cluster, timeout).await?;
-            run(
-                Limiter::new(config, backend),
-                &options,
-                http,
-                grpc,
-                shutdown,
-            )
-            .await
+            let overrides = RedisOverrides::connect(&urls, cluster)
+                .await
+                .map_err(OverrideStoreError::from)?;
+            let limiter =
+                Limiter::new(config, backend).with_override_store(OverrideStore::Redis(overrides));
+            run(limiter, &options, http, grpc, shutdown).await
         }
     }
 }
@@ -178,6 +183,7 @@ pub async fn run<B: Backend>(
     grpc: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    limiter.sync_overrides().await?;
     let limiter = Arc::new(limiter);
     let (stop, stopped) = watch::channel(false);
     tokio::spawn(async move {
@@ -190,8 +196,19 @@ pub async fn run<B: Backend>(
         _ => None,
     };
     tokio::spawn(sweep(Arc::clone(&limiter), stopped.clone()));
+    let series = Arc::new(Series::default());
+    tokio::spawn(sample(
+        Arc::clone(&limiter),
+        Arc::clone(&series),
+        stopped.clone(),
+    ));
+    tokio::spawn(sync_overrides(Arc::clone(&limiter), stopped.clone()));
 
-    let app = http::router(Arc::clone(&limiter));
+    let app = http::router(Arc::clone(&limiter)).merge(admin::router(
+        Arc::clone(&limiter),
+        options.admin_token.as_deref(),
+        series,
+    ));
     let http_listener = http.tap_io(|stream| {
         let _ = stream.set_nodelay(true);
     });
@@ -227,7 +244,37 @@ async fn sweep<B: Backend>(limiter: Arc<Limiter<B>>, mut stopped: watch::Receive
     loop {
         tokio::select! {
             _ = ticks.tick() => limiter.backend().sweep(),
-            _ = stopped.wait_for(|stop| *stop) => return,
+            _ = stopped.changed() => return,
+        }
+    }
+}
+
+/// Every second, turns the cumulative counters into the admin API's per-second series.
+async fn sample<B: Backend>(
+    limiter: Arc<Limiter<B>>,
+    series: Arc<Series>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut ticks = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => series.sample(&limiter.metrics().domain_totals(), limiter.wall_ms()),
+            _ = stopped.changed() => return,
+        }
+    }
+}
+
+/// Picks up overrides other instances set, within [`OVERRIDE_SYNC`].
+async fn sync_overrides<B: Backend>(limiter: Arc<Limiter<B>>, mut stopped: watch::Receiver<bool>) {
+    let mut ticks = tokio::time::interval(OVERRIDE_SYNC);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {
+                if let Err(err) = limiter.sync_overrides().await {
+                    tracing::warn!(error = %err, "cannot read overrides; the last ones known stay in force");
+                }
+            }
+            _ = stopped.changed() => return,
         }
     }
 }

@@ -496,9 +496,9 @@ const BROKEN: &[(&str, &str)] = &[
     ),
     (
         "domain: api\ndescriptors:\n  - key: a\n    rate_limit: {unit: second, requests_per_unit: \
-         0}\n",
-        "api.yaml:4: descriptors[0].rate_limit.requests_per_unit: must be at least 1, got 0 \
-         (envoy ratelimit's 0, which refuses every request, is not supported)",
+         0, burst: 3}\n",
+        "api.yaml:4: descriptors[0].rate_limit.burst: must not be set when requests_per_unit is 0 \
+         (the rule refuses every request)",
     ),
     (
         "domain: api\ndescriptors:\n  - key: a\n    rate_limit: {unit: second, requests_per_unit: \

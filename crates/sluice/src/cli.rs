@@ -91,6 +91,21 @@ pub(crate) struct ServeArgs {
     #[arg(long)]
     pub(crate) no_watch: bool,
 
+    /// Enable the admin API (`/admin/v1/...`) and the dashboard's data, for clients that send
+    /// `Authorization: Bearer TOKEN`. Without it the admin API is disabled.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "SLUICE_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub(crate) admin_token: Option<String>,
+
+    /// Keep overrides in this JSON file so they survive a restart (in-memory store only;
+    /// with Redis, overrides live in Redis).
+    #[arg(long, value_name = "PATH", env = "SLUICE_OVERRIDES_FILE")]
+    pub(crate) overrides_file: Option<PathBuf>,
+
     /// Log lines for humans or one JSON object per line.
     #[arg(long, value_name = "FORMAT", default_value = "human", value_parser = ["human", "json"])]
     pub(crate) log_format: String,

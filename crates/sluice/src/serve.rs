@@ -24,6 +24,8 @@ pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<()> {
         redis: args.redis.clone(),
         ratelimit_headers: args.ratelimit_headers,
         watch: !args.no_watch,
+        admin_token: args.admin_token.clone().filter(|t| !t.is_empty()),
+        overrides_file: args.overrides_file.clone(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -51,6 +53,13 @@ pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<()> {
             store = %store_name(&config.store),
             "sluice serve listening (HTTP JSON at /v1/check, metrics at /metrics; gRPC envoy.service.ratelimit.v3)"
         );
+        match &options.admin_token {
+            Some(_) => tracing::info!(
+                "admin API enabled at /admin/v1 (bearer token); dashboard at http://{}/dashboard",
+                http.local_addr()?
+            ),
+            None => tracing::info!("admin API disabled (no --admin-token)"),
+        }
         sluice_server::serve(options, http, grpc, shutdown_signal()).await?;
         Ok(())
     })

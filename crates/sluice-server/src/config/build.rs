@@ -530,6 +530,7 @@ fn build_rule(
             requests_per_unit,
             unit_multiplier: 1,
             policy: None,
+            blocked: false,
             shadow_mode,
             detailed_metric,
             replaces,
@@ -560,14 +561,6 @@ fn build_rule(
         )
     })?;
     let requests_per_unit = cx.uint(rpu_node, &field("requests_per_unit"))?;
-    if requests_per_unit == 0 {
-        return Err(cx.error(
-            Some(rpu_node.line),
-            field("requests_per_unit"),
-            "must be at least 1, got 0 (envoy ratelimit's 0, which refuses every request, \
-             is not supported)",
-        ));
-    }
     let multiplier_node = fields.get("unit_multiplier");
     let unit_multiplier = match multiplier_node {
         Some(n) => {
@@ -583,6 +576,31 @@ fn build_rule(
         }
         None => 1,
     };
+    if requests_per_unit == 0 {
+        // envoy ratelimit's way to refuse everything matching (e.g. a banned client).
+        for key in ["algorithm", "burst"] {
+            if let Some(n) = fields.get(key) {
+                return Err(cx.error(
+                    Some(n.line),
+                    field(key),
+                    "must not be set when requests_per_unit is 0 (the rule refuses every request)",
+                ));
+            }
+        }
+        return Ok(Rule {
+            id,
+            name,
+            unit,
+            requests_per_unit,
+            unit_multiplier,
+            policy: None,
+            blocked: true,
+            shadow_mode,
+            detailed_metric,
+            replaces,
+            on_store_error,
+        });
+    }
     // The field at fault when the period is out of range.
     let (period_line, period_field) = match multiplier_node {
         Some(n) => (n.line, field("unit_multiplier")),
@@ -661,6 +679,7 @@ fn build_rule(
         requests_per_unit,
         unit_multiplier,
         policy: Some(policy),
+        blocked: false,
         shadow_mode,
         detailed_metric,
         replaces,

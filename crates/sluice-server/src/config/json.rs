@@ -81,7 +81,12 @@ fn rule(rule: &Rule) -> Value {
         "name".into(),
         rule.name.clone().map_or(Value::Null, Value::from),
     );
-    out.insert("unlimited".into(), rule.policy.is_none().into());
+    out.insert("unlimited".into(), rule.is_unlimited().into());
+    if rule.blocked {
+        out.insert("blocked".into(), true.into());
+        out.insert("unit".into(), rule.unit.name().into());
+        out.insert("requests_per_unit".into(), 0.into());
+    }
     if let Some(policy) = &rule.policy {
         out.insert("unit".into(), rule.unit.name().into());
         out.insert("requests_per_unit".into(), rule.requests_per_unit.into());

@@ -220,7 +220,7 @@ impl Unit {
     ];
 
     /// The accepted names, for error messages.
-    const EXPECTED: &'static str = "second, minute, hour, day, week, month or year";
+    pub const EXPECTED: &'static str = "second, minute, hour, day, week, month or year";
 
     /// The unit's length in seconds (a month is 30 days and a year 365, as in envoy
     /// ratelimit).
@@ -277,8 +277,11 @@ pub struct Rule {
     pub requests_per_unit: u64,
     /// The window is this many units (1 when not given).
     pub unit_multiplier: u64,
-    /// How it counts; `None` for `unlimited: true`.
+    /// How it counts; `None` for `unlimited: true` and for a blocked rule.
     pub policy: Option<Policy>,
+    /// Refuses every request: envoy ratelimit's `requests_per_unit: 0`, or an override
+    /// that blocks a descriptor. Never counted.
+    pub blocked: bool,
     /// Counted but never refuses.
     pub shadow_mode: bool,
     /// Per-value metrics: envoy ratelimit reports such a rule's metrics under
@@ -293,7 +296,7 @@ pub struct Rule {
 impl Rule {
     /// Whether the rule is `unlimited: true`: matched, never limited.
     pub fn is_unlimited(&self) -> bool {
-        self.policy.is_none()
+        self.policy.is_none() && !self.blocked
     }
 
     /// The window: `unit_multiplier` units.

@@ -24,6 +24,9 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
+/// The admin token every test server is started with.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
 /// How long a test waits for something asynchronous (a reload) before failing.
 const PATIENCE: Duration = Duration::from_secs(10);
 
@@ -90,6 +93,49 @@ impl Client {
             serde_json::from_slice(&bytes).unwrap_or(Value::Null),
             content_type,
         )
+    }
+
+    /// Any request with an optional JSON body and bearer token; returns the status, the
+    /// JSON answer (Null if not JSON) and the headers.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        token: Option<&str>,
+    ) -> (u16, Value, http::HeaderMap) {
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.http_addr));
+        if let Some(token) = token {
+            request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let body = body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string()));
+        let request = request.body(Full::new(body)).expect("a request");
+        let response = self
+            .client
+            .request(request)
+            .await
+            .expect("the server answers");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("a body")
+            .to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            headers,
+        )
+    }
+
+    /// An admin call with the test token; returns the status and the JSON answer.
+    pub async fn admin(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let (status, value, _) = self.call(method, path, body, Some(ADMIN_TOKEN)).await;
+        (status, value)
     }
 
     /// POSTs JSON; returns the status and the JSON answer.
@@ -171,8 +217,33 @@ impl TestServer {
             redis: None,
             ratelimit_headers,
             watch: true,
+            admin_token: Some(ADMIN_TOKEN.to_owned()),
+            overrides_file: None,
         };
         Self::start_options(options, dir, config_file).await
+    }
+
+    /// Serves `config` with `adjust` applied to the default test options (admin token
+    /// set, file watched).
+    pub async fn start_adjusted(config: &str, adjust: impl FnOnce(&mut ServeOptions)) -> Self {
+        let dir = temp_dir("serve");
+        let config_file = dir.join("config.yaml");
+        std::fs::write(&config_file, config).expect("config written");
+        let mut options = ServeOptions {
+            config_path: Some(config_file.clone()),
+            redis: None,
+            ratelimit_headers: false,
+            watch: true,
+            admin_token: Some(ADMIN_TOKEN.to_owned()),
+            overrides_file: None,
+        };
+        adjust(&mut options);
+        Self::start_options(options, dir, config_file).await
+    }
+
+    /// The temporary directory holding the config.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
     }
 
     async fn start_options(options: ServeOptions, dir: PathBuf, config_file: PathBuf) -> Self {
@@ -232,7 +303,7 @@ impl TestServer {
             .await;
     }
 
-    async fn wait_until<F, Fut>(&self, mut condition: F)
+    pub async fn wait_until<F, Fut>(&self, mut condition: F)
     where
         F: FnMut(Client) -> Fut,
         Fut: Future<Output = bool>,
