@@ -8,9 +8,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::NonEmptyStringValueParser;
 use clap::error::ErrorKind;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use sluice_core::{AlgorithmKind, Policy, Rate};
+
+use crate::admin::{Entry, LimitSpec, ServerUrl, Token};
 
 /// Keep traffic inside its limits: rate limits and quotas for your API and for the APIs you
 /// call.
@@ -40,6 +43,25 @@ pub(crate) enum Command {
     /// store. The configuration is reloaded when its files change; an invalid change is
     /// refused and the previous configuration keeps serving.
     Serve(ServeArgs),
+
+    /// Show how a running server sees one key: the rule that matches it, any override, the
+    /// units left and when they refill, and why.
+    ///
+    /// Talks to the admin API of `sluice serve --admin-token TOKEN`; nothing is debited.
+    Status(StatusArgs),
+
+    /// Forget one key's counters on a running server, so it has its whole limit again.
+    ///
+    /// Talks to the admin API of `sluice serve --admin-token TOKEN`. Exits 1 when no limited
+    /// rule applies to the key.
+    Reset(ResetArgs),
+
+    /// Set, list or delete overrides on a running server: a different limit, no limit, or a
+    /// block for one exact key, until deleted or until they expire.
+    ///
+    /// Talks to the admin API of `sluice serve --admin-token TOKEN`. Overrides live where the
+    /// server keeps its state (in Redis, every instance applies them within a second).
+    Override(OverrideArgs),
 }
 
 /// Flags of `sluice serve`.
@@ -111,6 +133,171 @@ pub(crate) struct ServeArgs {
     pub(crate) log_format: String,
 }
 
+/// How to reach a server's admin API; shared by `status`, `reset` and `override`.
+#[derive(Debug, Args)]
+pub(crate) struct AdminConnection {
+    /// The server's HTTP address (its --http), as an http:// URL. https is not supported
+    /// yet: reach a remote server through an SSH tunnel or a TLS-terminating proxy.
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = "http://127.0.0.1:8080",
+        env = "SLUICE_SERVER"
+    )]
+    pub(crate) server: ServerUrl,
+
+    /// The admin token the server was started with (its --admin-token). Prefer the
+    /// environment variable: a flag is visible to other users in the process list.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "SLUICE_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub(crate) token: Token,
+
+    /// Print the server's JSON answer (one line) instead of text.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// The key a command is about: a domain and its descriptor entries, in order.
+#[derive(Debug, Args)]
+pub(crate) struct DescriptorArgs {
+    /// The domain, as in the server's configuration.
+    #[arg(long, value_name = "DOMAIN", value_parser = NonEmptyStringValueParser::new())]
+    pub(crate) domain: String,
+
+    /// A descriptor entry, NAME=VALUE (NAME alone: an empty value). Repeat it for a
+    /// descriptor of several entries, in the order the configuration nests them.
+    #[arg(long = "key", value_name = "NAME=VALUE", required = true)]
+    pub(crate) keys: Vec<Entry>,
+}
+
+/// Flags of `sluice status`.
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    export SLUICE_ADMIN_TOKEN=...\n  \
+    sluice status --domain api --key user=42\n  \
+    sluice status --domain api --key user=42 --key path=/search --server http://10.0.0.5:8080\n  \
+    sluice status --domain api --key user=42 --json")]
+pub(crate) struct StatusArgs {
+    #[command(flatten)]
+    pub(crate) descriptor: DescriptorArgs,
+
+    #[command(flatten)]
+    pub(crate) connection: AdminConnection,
+}
+
+/// Flags of `sluice reset`.
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    export SLUICE_ADMIN_TOKEN=...\n  \
+    sluice reset --domain api --key user=42\n  \
+    sluice reset --domain api --key user=42 --key path=/search")]
+pub(crate) struct ResetArgs {
+    #[command(flatten)]
+    pub(crate) descriptor: DescriptorArgs,
+
+    #[command(flatten)]
+    pub(crate) connection: AdminConnection,
+}
+
+/// Flags of `sluice override`.
+#[derive(Debug, Args)]
+pub(crate) struct OverrideArgs {
+    /// What to do with overrides.
+    #[command(subcommand)]
+    pub(crate) command: OverrideCommand,
+}
+
+/// The subcommands of `sluice override`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum OverrideCommand {
+    /// Set (or replace) the override of one key: a limit of its own, no limit, or a block.
+    Set(OverrideSetArgs),
+
+    /// List the overrides in force.
+    List(OverrideListArgs),
+
+    /// Delete the override of one key: the configured limit applies again.
+    Delete(OverrideDeleteArgs),
+}
+
+/// What an override does: exactly one of `--limit`, `--unlimited`, `--block`.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub(crate) struct OverrideAction {
+    /// Apply this limit instead of the configured one: N/UNIT, with UNIT second, minute,
+    /// hour or day (or s, min, h, d), e.g. 100/min.
+    #[arg(long, value_name = "N/UNIT")]
+    pub(crate) limit: Option<LimitSpec>,
+
+    /// Let every request of the key through.
+    #[arg(long)]
+    pub(crate) unlimited: bool,
+
+    /// Refuse every request of the key.
+    #[arg(long)]
+    pub(crate) block: bool,
+}
+
+/// Flags of `sluice override set`.
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    export SLUICE_ADMIN_TOKEN=...\n  \
+    sluice override set --domain api --key user=42 --limit 1000/min --reason \"paid plan\"\n  \
+    sluice override set --domain api --key user=42 --block --ttl 1h --reason abuse\n  \
+    sluice override set --domain api --key user=42 --unlimited --ttl 30m")]
+pub(crate) struct OverrideSetArgs {
+    #[command(flatten)]
+    pub(crate) descriptor: DescriptorArgs,
+
+    #[command(flatten)]
+    pub(crate) action: OverrideAction,
+
+    /// How --limit counts: gcra (token bucket), fixed_window, sliding_window, sliding_log
+    /// or concurrency (default gcra).
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["unlimited", "block"])]
+    pub(crate) algorithm: Option<AlgorithmKind>,
+
+    /// Delete the override after this long (at least 1s, in whole seconds): e.g. 90s, 1h,
+    /// 1h30m, 7d. Without it the override stays until deleted.
+    #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
+    pub(crate) ttl: Option<u64>,
+
+    /// Why, for the next operator (shown by `sluice override list`).
+    #[arg(long, value_name = "TEXT", value_parser = parse_reason)]
+    pub(crate) reason: Option<String>,
+
+    #[command(flatten)]
+    pub(crate) connection: AdminConnection,
+}
+
+/// Flags of `sluice override list`.
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    export SLUICE_ADMIN_TOKEN=...\n  \
+    sluice override list\n  \
+    sluice override list --json")]
+pub(crate) struct OverrideListArgs {
+    #[command(flatten)]
+    pub(crate) connection: AdminConnection,
+}
+
+/// Flags of `sluice override delete`.
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    export SLUICE_ADMIN_TOKEN=...\n  \
+    sluice override delete --domain api --key user=42")]
+pub(crate) struct OverrideDeleteArgs {
+    #[command(flatten)]
+    pub(crate) descriptor: DescriptorArgs,
+
+    #[command(flatten)]
+    pub(crate) connection: AdminConnection,
+}
+
 /// Flags of `sluice check`.
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  \
@@ -179,6 +366,22 @@ impl CheckArgs {
     }
 }
 
+/// A usage error (exit code 2) about a value clap could not check itself, shown with the
+/// usage of the subcommand at `path` (e.g. `["override", "set"]`).
+pub(crate) fn usage_error(path: &[&str], message: String) -> clap::Error {
+    fn scoped(command: &mut clap::Command, path: &[&str], message: String) -> clap::Error {
+        if let Some((name, rest)) = path.split_first()
+            && let Some(sub) = command.find_subcommand_mut(name)
+        {
+            return scoped(sub, rest, message);
+        }
+        command.error(ErrorKind::ValueValidation, message)
+    }
+    let mut cli = Cli::command();
+    cli.build();
+    scoped(&mut cli, path, message)
+}
+
 /// A count that must be at least one.
 fn at_least_one(text: &str) -> Result<u64, String> {
     match text.trim().parse::<u64>() {
@@ -186,6 +389,36 @@ fn at_least_one(text: &str) -> Result<u64, String> {
         Ok(n) => Ok(n),
         Err(err) => Err(format!("not a whole number: {err}")),
     }
+}
+
+/// Longest override time-to-live the admin API takes: ten years.
+const MAX_TTL_S: u64 = 10 * 365 * 24 * 3600;
+
+/// Longest override reason the admin API keeps, in bytes.
+const MAX_REASON: usize = 512;
+
+/// An override's time-to-live in whole seconds, at least one, in the core's duration
+/// grammar.
+fn parse_ttl(text: &str) -> Result<u64, String> {
+    let ttl = parse_duration(text)?;
+    if ttl < Duration::from_secs(1) {
+        return Err("must be at least 1s".to_owned());
+    }
+    if ttl.subsec_nanos() != 0 {
+        return Err("must be a whole number of seconds (e.g. 90s, 1m30s)".to_owned());
+    }
+    match ttl.as_secs() {
+        secs if secs > MAX_TTL_S => Err(format!("must be at most ten years ({MAX_TTL_S}s)")),
+        secs => Ok(secs),
+    }
+}
+
+/// An override's reason, at most [`MAX_REASON`] bytes.
+fn parse_reason(text: &str) -> Result<String, String> {
+    if text.len() > MAX_REASON {
+        return Err(format!("at most {MAX_REASON} bytes, got {}", text.len()));
+    }
+    Ok(text.to_owned())
 }
 
 /// Parses a duration with the core's one duration grammar (`50ms`, `1.5s`, `1m30s`, `0`).
@@ -251,6 +484,52 @@ mod tests {
         let err = args.policy().unwrap_err();
         assert_eq!(err.kind(), ErrorKind::ValueValidation);
         assert!(err.to_string().contains("'--burst <N>'"), "{err}");
+    }
+
+    #[test]
+    fn ttls_are_whole_seconds_from_one_second() {
+        assert_eq!(parse_ttl("1s"), Ok(1));
+        assert_eq!(parse_ttl("1h30m"), Ok(5400));
+        assert!(parse_ttl("0").unwrap_err().contains("at least 1s"));
+        assert!(parse_ttl("500ms").unwrap_err().contains("at least 1s"));
+        assert!(parse_ttl("1.5s").unwrap_err().contains("whole number"));
+        assert!(parse_ttl("1x").is_err());
+        assert!(parse_ttl("20000d").unwrap_err().contains("ten years"));
+    }
+
+    #[test]
+    fn an_override_has_exactly_one_action() {
+        let set = |extra: &[&str]| {
+            let mut args = vec![
+                "sluice", "override", "set", "--domain", "api", "--key", "u=1",
+            ];
+            args.extend_from_slice(extra);
+            Cli::try_parse_from(args).map(|_| ()).map_err(|e| e.kind())
+        };
+        assert_eq!(set(&["--token", "t", "--block"]), Ok(()));
+        assert_eq!(
+            set(&[
+                "--token",
+                "t",
+                "--limit",
+                "5/min",
+                "--algorithm",
+                "fixed_window"
+            ]),
+            Ok(())
+        );
+        assert_eq!(
+            set(&["--token", "t", "--block", "--unlimited"]),
+            Err(ErrorKind::ArgumentConflict)
+        );
+        assert_eq!(
+            set(&["--token", "t"]),
+            Err(ErrorKind::MissingRequiredArgument)
+        );
+        assert_eq!(
+            set(&["--token", "t", "--block", "--algorithm", "gcra"]),
+            Err(ErrorKind::ArgumentConflict)
+        );
     }
 
     #[test]

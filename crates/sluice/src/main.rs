@@ -2,10 +2,12 @@
 //!
 //! `sluice serve` runs the rate limit server (the library is `sluice-server`); `sluice check`
 //! asks a limit for a few decisions in a row and prints them, to try a policy before
-//! configuring it. This binary
+//! configuring it; `sluice status`, `sluice reset` and `sluice override` talk to a running
+//! server's admin API. This binary
 //! is the only place in the workspace that reads flags and uses `anyhow`; the libraries
 //! below it return typed errors. Arguments live in [`cli`], each command in its own module.
 
+mod admin;
 mod check;
 mod cli;
 mod serve;
@@ -26,6 +28,9 @@ fn main() -> ExitCode {
             check::run(args, policy)
         }
         Command::Serve(args) => serve::run(args),
+        Command::Status(args) => admin::status(args),
+        Command::Reset(args) => admin::reset(args),
+        Command::Override(args) => admin::overrides(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
