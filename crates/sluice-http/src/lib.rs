@@ -13,9 +13,10 @@
 //!
 //! This crate is not middleware and not a client: it does no I/O, has no async runtime and
 //! never reads a clock (an HTTP-date is returned as Unix seconds, and
-//! [`RetryAfter::delay_from`] takes the current time from the caller). Provider-specific
-//! upstream signals (OpenAI, Anthropic) are planned as another module built on these
-//! parsers.
+//! [`RetryAfter::delay_from`] takes the current time from the caller). [`UpstreamSignals`]
+//! reads an upstream's response on top of these parsers: OpenAI, Anthropic, IETF and legacy
+//! rate limit headers, `Retry-After`, `retry-after-ms` and `x-should-retry`, normalised into
+//! one snapshot per response.
 //!
 //! ```
 //! use std::time::Duration;
@@ -43,6 +44,7 @@ mod legacy;
 mod problem;
 mod retry_after;
 mod sf;
+mod upstream;
 
 pub use error::{HeaderError, MAX_PART_LEN};
 pub use ietf::{
@@ -53,6 +55,10 @@ pub use legacy::LegacyHeaders;
 pub use problem::{PROBLEM_CONTENT_TYPE, PROBLEM_TYPE, problem_body, problem_json};
 pub use retry_after::{MAX_IMF_UNIX_SECS, RetryAfter, encode_retry_after};
 pub use sf::SF_INTEGER_MAX;
+pub use upstream::{
+    Dimension, Families, Family, LEGACY_EPOCH_THRESHOLD_SECS, MAX_SIGNAL_DURATION, UpstreamSignals,
+    encode_go_duration,
+};
 
 /// `RateLimit-Policy` (lowercase, as HTTP/2 sends it).
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
