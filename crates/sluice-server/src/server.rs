@@ -195,14 +195,28 @@ pub async fn run<B: Backend>(
         (Some(path), true) => Some(reload::watch(Arc::clone(&limiter), path.clone())?),
         _ => None,
     };
-    tokio::spawn(sweep(Arc::clone(&limiter), stopped.clone()));
     let series = Arc::new(Series::default());
-    tokio::spawn(sample(
-        Arc::clone(&limiter),
-        Arc::clone(&series),
-        stopped.clone(),
-    ));
-    tokio::spawn(sync_overrides(Arc::clone(&limiter), stopped.clone()));
+    let sweeper = Arc::clone(&limiter);
+    every(SWEEP_INTERVAL, stopped.clone(), move || {
+        sweeper.backend().sweep();
+        std::future::ready(())
+    });
+    // The admin API's per-second series, from the cumulative counters.
+    let (sampler, samples) = (Arc::clone(&limiter), Arc::clone(&series));
+    every(Duration::from_secs(1), stopped.clone(), move || {
+        samples.sample(&sampler.metrics().domain_totals(), sampler.wall_ms());
+        std::future::ready(())
+    });
+    // Overrides other instances set.
+    let syncer = Arc::clone(&limiter);
+    every(OVERRIDE_SYNC, stopped.clone(), move || {
+        let limiter = Arc::clone(&syncer);
+        async move {
+            if let Err(err) = limiter.sync_overrides().await {
+                tracing::warn!(error = %err, "cannot read overrides; the last ones known stay in force");
+            }
+        }
+    });
 
     let app = http::router(Arc::clone(&limiter)).merge(admin::router(
         Arc::clone(&limiter),
@@ -239,44 +253,21 @@ async fn until(mut stopped: watch::Receiver<bool>) {
     let _ = stopped.wait_for(|stop| *stop).await;
 }
 
-async fn sweep<B: Backend>(limiter: Arc<Limiter<B>>, mut stopped: watch::Receiver<bool>) {
-    let mut ticks = tokio::time::interval(SWEEP_INTERVAL);
-    loop {
-        tokio::select! {
-            _ = ticks.tick() => limiter.backend().sweep(),
-            _ = stopped.changed() => return,
-        }
-    }
-}
-
-/// Every second, turns the cumulative counters into the admin API's per-second series.
-async fn sample<B: Backend>(
-    limiter: Arc<Limiter<B>>,
-    series: Arc<Series>,
-    mut stopped: watch::Receiver<bool>,
-) {
-    let mut ticks = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            _ = ticks.tick() => series.sample(&limiter.metrics().domain_totals(), limiter.wall_ms()),
-            _ = stopped.changed() => return,
-        }
-    }
-}
-
-/// Picks up overrides other instances set, within [`OVERRIDE_SYNC`].
-async fn sync_overrides<B: Backend>(limiter: Arc<Limiter<B>>, mut stopped: watch::Receiver<bool>) {
-    let mut ticks = tokio::time::interval(OVERRIDE_SYNC);
-    loop {
-        tokio::select! {
-            _ = ticks.tick() => {
-                if let Err(err) = limiter.sync_overrides().await {
-                    tracing::warn!(error = %err, "cannot read overrides; the last ones known stay in force");
-                }
+/// Runs `tick` every `period` until the server stops.
+fn every<F, Fut>(period: Duration, mut stopped: watch::Receiver<bool>, mut tick: F)
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(period);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => tick().await,
+                _ = stopped.changed() => return,
             }
-            _ = stopped.changed() => return,
         }
-    }
+    });
 }
 
 #[cfg(test)]

@@ -45,11 +45,13 @@ use std::time::Duration;
 
 pub use sluice_core::{Clock, ManualClock, Nanos};
 
+mod dir;
 mod error;
 mod port;
 mod redis;
 mod resp;
 
+pub use dir::temp_dir;
 pub use error::TestkitError;
 pub use port::free_port;
 pub use redis::{RedisCluster, RedisServer};

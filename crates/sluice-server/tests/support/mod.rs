@@ -9,7 +9,6 @@
 use std::net::SocketAddr;
 use std::ops::Deref;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -49,6 +48,10 @@ pub fn check_body(domain: &str, descriptors: &[&[(&str, &str)]], hits: Option<u6
     body
 }
 
+fn json_or_null(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes).unwrap_or(Value::Null)
+}
+
 /// An HTTP JSON client of one server.
 #[derive(Clone, Debug)]
 pub struct Client {
@@ -64,53 +67,20 @@ impl Client {
         }
     }
 
-    /// POSTs raw bytes; returns the status, the body as JSON (Null if not JSON) and the
-    /// content type.
-    pub async fn post_raw(&self, path: &str, body: String) -> (u16, Value, String) {
-        let request = http::Request::post(format!("http://{}{path}", self.http_addr))
-            .body(Full::new(Bytes::from(body)))
-            .expect("a request");
-        let response = self
-            .client
-            .request(request)
-            .await
-            .expect("the server answers");
-        let status = response.status().as_u16();
-        let content_type = response
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .expect("a body")
-            .to_bytes();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-            content_type,
-        )
-    }
-
-    /// Any request with an optional JSON body and bearer token; returns the status, the
-    /// JSON answer (Null if not JSON) and the headers.
-    pub async fn call(
+    /// Sends one request; returns the status, the headers and the body bytes.
+    async fn send(
         &self,
         method: &str,
         path: &str,
-        body: Option<&Value>,
+        body: Bytes,
         token: Option<&str>,
-    ) -> (u16, Value, http::HeaderMap) {
+    ) -> (u16, http::HeaderMap, Bytes) {
         let mut request = http::Request::builder()
             .method(method)
             .uri(format!("http://{}{path}", self.http_addr));
         if let Some(token) = token {
             request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
         }
-        let body = body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string()));
         let request = request.body(Full::new(body)).expect("a request");
         let response = self
             .client
@@ -125,11 +95,33 @@ impl Client {
             .await
             .expect("a body")
             .to_bytes();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-            headers,
-        )
+        (status, headers, bytes)
+    }
+
+    /// POSTs raw bytes; returns the status, the body as JSON (Null if not JSON) and the
+    /// content type.
+    pub async fn post_raw(&self, path: &str, body: String) -> (u16, Value, String) {
+        let (status, headers, bytes) = self.send("POST", path, Bytes::from(body), None).await;
+        let content_type = headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        (status, json_or_null(&bytes), content_type)
+    }
+
+    /// Any request with an optional JSON body and bearer token; returns the status, the
+    /// JSON answer (Null if not JSON) and the headers.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        token: Option<&str>,
+    ) -> (u16, Value, http::HeaderMap) {
+        let body = body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string()));
+        let (status, headers, bytes) = self.send(method, path, body, token).await;
+        (status, json_or_null(&bytes), headers)
     }
 
     /// An admin call with the test token; returns the status and the JSON answer.
@@ -146,17 +138,7 @@ impl Client {
 
     /// GETs a path; returns the status and the body text.
     pub async fn get_raw(&self, path: &str) -> (u16, String) {
-        let uri: http::Uri = format!("http://{}{path}", self.http_addr)
-            .parse()
-            .expect("a uri");
-        let response = self.client.get(uri).await.expect("the server answers");
-        let status = response.status().as_u16();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .expect("a body")
-            .to_bytes();
+        let (status, _, bytes) = self.send("GET", path, Bytes::new(), None).await;
         (status, String::from_utf8(bytes.to_vec()).expect("UTF-8"))
     }
 
@@ -191,15 +173,7 @@ impl Deref for TestServer {
     }
 }
 
-/// A fresh temporary directory.
-pub fn temp_dir(tag: &str) -> PathBuf {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("sluice-{tag}-{}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("a temp dir");
-    dir
-}
+pub use sluice_testkit::temp_dir;
 
 impl TestServer {
     /// Serves `config` (YAML) on the in-memory store, watching its file.

@@ -15,7 +15,6 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// How long a server may take to start answering.
@@ -30,15 +29,7 @@ pub struct ServeProcess {
     pub log: PathBuf,
 }
 
-/// A fresh temporary directory.
-pub fn temp_dir(tag: &str) -> PathBuf {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("sluice-{tag}-{}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("a temp dir");
-    dir
-}
+pub use sluice_testkit::temp_dir;
 
 impl ServeProcess {
     /// Starts `sluice serve` with `args` on two free ports, logging to a file in `dir`, and
