@@ -78,6 +78,17 @@ async function checkRequest(domain, entries) {
 
 const user = (value) => [{ key: 'user', value }];
 
+/** Calls the admin API from Node, as another operator would while the page is open. */
+async function adminRequest(method, path, body) {
+  const response = await fetch(`${opts.base}/admin/v1${path}`, {
+    method,
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${opts.token}` },
+    body: body === undefined ? undefined : JSON.stringify(body),
+    signal: AbortSignal.timeout(5000),
+  });
+  if (!response.ok) throw new Error(`${method} /admin/v1${path} answered ${response.status}: ${await response.text()}`);
+}
+
 /** Checks `value` until its answer is `code`, at most `tries` times; returns the answers. */
 async function checkUntil(value, code, tries) {
   const answers = [];
@@ -349,6 +360,13 @@ try {
     const button = row.locator('[data-testid="override-delete"]');
     await button.click();
     check((await button.textContent()) === 'Confirm delete', 'delete does not ask for a second click');
+    // Another operator adds an override between the two clicks: the list re-renders, and the
+    // armed delete must survive that (it once did not, and the second click only re-armed it).
+    const other = { domain: 'api', entries: user(`other-${RUN}`) };
+    await adminRequest('PUT', '/overrides', { ...other, action: 'unlimited' });
+    await page.locator('[data-testid="override-row"]', { hasText: `user=other-${RUN}` }).waitFor({ timeout: within(5000) });
+    check((await button.textContent()) === 'Confirm delete', 'a refresh of the list disarmed the delete');
+    await adminRequest('DELETE', '/overrides', other);
     await clearAnswer('overrides-result');
     await button.click();
     await answerOk('overrides-result', 'deleting the override');
