@@ -11,7 +11,7 @@
 //! calls, never across the guarded call itself.
 //!
 //! ```text
-//!            failure_threshold consecutive failures
+//!     failure_threshold consecutive failures, or the failure rate reached
 //!   Closed ───────────────────────────────────────────▶ Open { until: now + open_for }
 //!     ▲                                                  │        ▲
 //!     │ a probe succeeds                   now ≥ until   │        │ a probe fails
@@ -21,7 +21,11 @@
 //! ```
 //!
 //! - **Closed**: every call passes. Each failure counts, each success resets the count;
-//!   `failure_threshold` failures in a row open the circuit.
+//!   `failure_threshold` failures in a row open the circuit. With a [`FailureRate`], the
+//!   last `window` outcomes are kept too, and a failure that leaves at least `min_calls`
+//!   of them with at least `percent` failures also opens it (a success never does): a
+//!   service failing every other call never fails twice in a row, yet is hardly up.
+//!   Opening or closing forgets both counts.
 //! - **Open { until }**: no call passes before `until`. The first
 //!   [`try_acquire`](CircuitBreaker::try_acquire) at or after `until` moves to half-open.
 //! - **HalfOpen**: up to `half_open_probes` calls (probes) pass at once; others are
@@ -42,6 +46,7 @@
 //!     failure_threshold: 2,
 //!     open_for: Duration::from_secs(1),
 //!     half_open_probes: 1,
+//!     failure_rate: None,
 //! });
 //! let t0 = Nanos::new(0);
 //! for _ in 0..2 {
@@ -72,6 +77,39 @@ pub struct BreakerConfig {
     /// How many probes a half-open circuit lets through at once. Zero is treated as one
     /// (a circuit that never probes would never close).
     pub half_open_probes: u32,
+    /// An optional second way to open a closed circuit: the share of failures among its
+    /// recent outcomes. `None` opens on consecutive failures only.
+    pub failure_rate: Option<FailureRate>,
+}
+
+/// Opens a closed circuit when failures make up at least `percent` of its last `window`
+/// outcomes, once there are `min_calls` of them (see [`BreakerConfig::failure_rate`]).
+///
+/// Out-of-range values are clamped when the breaker is built: `percent` to `1..=100`,
+/// `window` to `1..=128`, `min_calls` to `1..=window`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FailureRate {
+    /// The share of failures, in percent (1 to 100), that opens the circuit.
+    pub percent: u8,
+    /// How many of the latest outcomes count, at most 128 (the window is one `u128`).
+    pub window: u32,
+    /// No verdict before the window holds this many outcomes, so that one early failure
+    /// is not a 100% failure rate.
+    pub min_calls: u32,
+}
+
+impl FailureRate {
+    /// The largest `window`: outcomes are kept as the bits of one `u128`.
+    pub const MAX_WINDOW: u32 = u128::BITS;
+
+    fn clamped(self) -> Self {
+        let window = self.window.clamp(1, Self::MAX_WINDOW);
+        Self {
+            percent: self.percent.clamp(1, 100),
+            window,
+            min_calls: self.min_calls.clamp(1, window),
+        }
+    }
 }
 
 impl Default for BreakerConfig {
@@ -81,6 +119,7 @@ impl Default for BreakerConfig {
             failure_threshold: 5,
             open_for: Duration::from_secs(1),
             half_open_probes: 1,
+            failure_rate: None,
         }
     }
 }
@@ -159,6 +198,11 @@ pub struct CircuitBreaker {
     state: BreakerState,
     /// Consecutive failures while closed.
     failures: u32,
+    /// The latest outcomes while closed, newest in bit 0, a set bit for a failure. Only
+    /// the low `window` bits count; kept only with a failure rate.
+    outcomes: u128,
+    /// How many outcomes `outcomes` holds, at most `window`.
+    outcome_count: u32,
     /// Probes issued in the current half-open period and not yet reported or released.
     probes_in_flight: u32,
     /// Incremented on every state change; stamps permits so stale outcomes are ignored.
@@ -172,16 +216,19 @@ impl CircuitBreaker {
             config: BreakerConfig {
                 failure_threshold: config.failure_threshold.max(1),
                 half_open_probes: config.half_open_probes.max(1),
+                failure_rate: config.failure_rate.map(FailureRate::clamped),
                 ..config
             },
             state: BreakerState::Closed,
             failures: 0,
+            outcomes: 0,
+            outcome_count: 0,
             probes_in_flight: 0,
             generation: 0,
         }
     }
 
-    /// The configuration in force (zeros raised to one).
+    /// The configuration in force (zeros raised to one, the failure rate clamped).
     pub const fn config(&self) -> &BreakerConfig {
         &self.config
     }
@@ -234,7 +281,8 @@ impl CircuitBreaker {
     }
 
     /// Reports that the call made under `permit` succeeded at `now`: resets the failure
-    /// count of a closed circuit, closes a half-open one. Ignored if the permit is stale.
+    /// count of a closed circuit (and counts a success in its failure-rate window), closes
+    /// a half-open one. Ignored if the permit is stale.
     ///
     /// `now` is not needed by today's rules; it is part of the signature so that every
     /// report carries its instant, as [`on_failure`](Self::on_failure)'s does.
@@ -244,7 +292,12 @@ impl CircuitBreaker {
             return;
         }
         match self.state {
-            BreakerState::Closed => self.failures = 0,
+            BreakerState::Closed => {
+                self.failures = 0;
+                // No rate check: a success never opens the circuit, even when it brings the
+                // window to `min_calls` at the rate. The next failure checks again.
+                self.record(false);
+            }
             BreakerState::HalfOpen => self.transition(BreakerState::Closed),
             // Unreachable for a current permit: opening changes the generation.
             BreakerState::Open { .. } => {}
@@ -252,8 +305,8 @@ impl CircuitBreaker {
     }
 
     /// Reports that the call made under `permit` failed at `now`: counts it against a
-    /// closed circuit (opening it at the threshold), re-opens a half-open one. Ignored if
-    /// the permit is stale.
+    /// closed circuit (opening it at the threshold of consecutive failures or at the
+    /// failure rate), re-opens a half-open one. Ignored if the permit is stale.
     pub fn on_failure(&mut self, permit: Permit, now: Nanos) {
         if permit.generation != self.generation {
             return;
@@ -261,7 +314,8 @@ impl CircuitBreaker {
         match self.state {
             BreakerState::Closed => {
                 self.failures = self.failures.saturating_add(1);
-                if self.failures >= self.config.failure_threshold {
+                self.record(true);
+                if self.failures >= self.config.failure_threshold || self.rate_reached() {
                     self.open(now);
                 }
             }
@@ -285,6 +339,26 @@ impl CircuitBreaker {
         }
     }
 
+    /// Pushes one outcome into the failure-rate window, if there is one.
+    fn record(&mut self, failed: bool) {
+        if let Some(rate) = self.config.failure_rate {
+            // `window` is 1 to 128 (clamped in `new`), so the shift is 0 to 127.
+            let mask = u128::MAX >> (u128::BITS - rate.window);
+            self.outcomes = ((self.outcomes << 1) | u128::from(failed)) & mask;
+            self.outcome_count = (self.outcome_count + 1).min(rate.window);
+        }
+    }
+
+    /// Whether the window holds enough outcomes, and enough of them are failures.
+    fn rate_reached(&self) -> bool {
+        self.config.failure_rate.is_some_and(|rate| {
+            let failures = u64::from(self.outcomes.count_ones());
+            let outcomes = u64::from(self.outcome_count);
+            outcomes >= u64::from(rate.min_calls)
+                && failures * 100 >= u64::from(rate.percent) * outcomes
+        })
+    }
+
     fn open(&mut self, now: Nanos) {
         let until = now.plus_nanos(duration_nanos(self.config.open_for));
         self.transition(BreakerState::Open { until });
@@ -293,6 +367,8 @@ impl CircuitBreaker {
     fn transition(&mut self, to: BreakerState) {
         self.state = to;
         self.failures = 0;
+        self.outcomes = 0;
+        self.outcome_count = 0;
         self.probes_in_flight = 0;
         self.generation = self.generation.wrapping_add(1);
     }
@@ -302,6 +378,7 @@ impl CircuitBreaker {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::collections::VecDeque;
 
     const MS: u64 = 1_000_000;
 
@@ -314,6 +391,19 @@ mod tests {
             failure_threshold: threshold,
             open_for: Duration::from_millis(open_ms),
             half_open_probes: probes,
+            failure_rate: None,
+        }
+    }
+
+    /// `config(threshold, 1000, 1)` plus a failure rate.
+    fn rate(threshold: u32, percent: u8, window: u32, min_calls: u32) -> BreakerConfig {
+        BreakerConfig {
+            failure_rate: Some(FailureRate {
+                percent,
+                window,
+                min_calls,
+            }),
+            ..config(threshold, 1000, 1)
         }
     }
 
@@ -459,10 +549,118 @@ mod tests {
                 config(0, 100, 0),
                 &[Fail(0), open_until(100), Ok(100), CLOSED],
             ),
+            (
+                "the failure rate opens a circuit that never fails twice in a row",
+                rate(100, 50, 10, 4),
+                &[
+                    Fail(0),
+                    Ok(1),
+                    Fail(2),
+                    CLOSED,
+                    Ok(3),
+                    CLOSED,
+                    Fail(4),
+                    open_until(1004),
+                ],
+            ),
+            (
+                "no rate verdict before min_calls outcomes",
+                rate(100, 50, 10, 4),
+                &[Fail(0), Fail(1), Fail(2), CLOSED, Fail(3), open_until(1003)],
+            ),
+            (
+                "a success never opens the circuit, even at the rate",
+                rate(100, 50, 4, 4),
+                &[
+                    Fail(0),
+                    Fail(1),
+                    Ok(2),
+                    Ok(3),
+                    CLOSED,
+                    Fail(4),
+                    open_until(1004),
+                ],
+            ),
+            (
+                "old outcomes slide out of the window",
+                rate(100, 50, 4, 4),
+                &[
+                    Fail(0),
+                    Fail(1),
+                    Fail(2),
+                    Ok(3),
+                    Ok(4),
+                    Ok(5),
+                    // 4 failures in 7 calls, but 1 in the last 4.
+                    Fail(6),
+                    CLOSED,
+                    // 2 in the last 4.
+                    Fail(7),
+                    open_until(1007),
+                ],
+            ),
+            (
+                "consecutive failures still open a circuit with a failure rate",
+                rate(2, 100, 10, 10),
+                &[Ok(0), Fail(1), Fail(2), open_until(1002)],
+            ),
+            (
+                "opening and closing clear the window",
+                rate(100, 50, 10, 4),
+                &[
+                    Fail(0),
+                    Fail(1),
+                    Fail(2),
+                    Fail(3),
+                    open_until(1003),
+                    Ok(1003),
+                    CLOSED,
+                    Fail(1004),
+                    Fail(1005),
+                    Fail(1006),
+                    CLOSED,
+                    Fail(1007),
+                    open_until(2007),
+                ],
+            ),
         ];
         for (name, config, steps) in cases {
             eprintln!("case: {name}");
             run(*config, steps);
+        }
+    }
+
+    #[test]
+    fn a_full_width_window_keeps_128_outcomes() {
+        let mut breaker = CircuitBreaker::new(rate(u32::MAX, 1, 128, 128));
+        let mut report = |failed: bool| {
+            let p = breaker.try_acquire(at_ms(0)).unwrap();
+            if failed {
+                breaker.on_failure(p, at_ms(0));
+            } else {
+                breaker.on_success(p, at_ms(0));
+            }
+            breaker.state()
+        };
+        for _ in 0..127 {
+            report(false);
+        }
+        // 1 in 128 is under 1%; 2 in 128 is over.
+        assert_eq!(report(true), BreakerState::Closed);
+        assert_eq!(report(true), BreakerState::Open { until: at_ms(1000) });
+    }
+
+    #[test]
+    fn failure_rate_is_clamped_into_range() {
+        for ((percent, window, min_calls), want) in [
+            ((0, 0, 0), (1, 1, 1)),
+            ((200, 500, 1000), (100, 128, 128)),
+            ((50, 10, 20), (50, 10, 10)),
+            ((50, 10, 5), (50, 10, 5)),
+        ] {
+            let breaker = CircuitBreaker::new(rate(5, percent, window, min_calls));
+            let got = breaker.config().failure_rate.unwrap();
+            assert_eq!((got.percent, got.window, got.min_calls), want);
         }
     }
 
@@ -562,23 +760,38 @@ mod tests {
     proptest! {
         /// Whatever the interleaving of calls and outcomes: no call passes while open, at
         /// most `half_open_probes` probes are ever out at once, the circuit opens exactly
-        /// at the threshold, and probes are allowed again exactly at `until`.
+        /// at the threshold or the failure rate of a naive model of the window, and probes
+        /// are allowed again exactly at `until`.
         #[test]
         fn invariants_hold_under_any_interleaving(
-            threshold in 1u32..4,
+            threshold in prop_oneof![3 => 1u32..4, 1 => Just(u32::MAX)],
             open_for in 1u64..30,
             probes in 1u32..4,
+            rate in proptest::option::of((1u8..=100, 1u32..8, 1u32..8)),
             ops in proptest::collection::vec(op(), 0..200),
         ) {
             let mut breaker = CircuitBreaker::new(BreakerConfig {
                 failure_threshold: threshold,
                 open_for: Duration::from_nanos(open_for),
                 half_open_probes: probes,
+                failure_rate: rate.map(|(percent, window, min_calls)| FailureRate {
+                    percent,
+                    window,
+                    min_calls,
+                }),
             });
+            let rate = breaker.config().failure_rate;
             let mut now = Nanos::new(0);
             // Permits issued and not yet reported, in no particular order.
             let mut outstanding: Vec<Permit> = Vec::new();
+            // The outcomes of the current closed period, oldest first, `true` for a failure.
+            let mut model: VecDeque<bool> = VecDeque::new();
+            let mut model_generation = breaker.generation;
             for op in ops {
+                if breaker.generation != model_generation {
+                    model.clear();
+                    model_generation = breaker.generation;
+                }
                 let before = breaker.state();
                 match op {
                     Op::Acquire => match breaker.try_acquire(now) {
@@ -608,6 +821,9 @@ mod tests {
                         match op {
                             Op::Succeed(_) => {
                                 breaker.on_success(permit, now);
+                                if current && before == BreakerState::Closed {
+                                    model.push_back(false);
+                                }
                                 if current {
                                     prop_assert_eq!(breaker.state(), BreakerState::Closed);
                                     prop_assert_eq!(breaker.consecutive_failures(), 0);
@@ -616,8 +832,22 @@ mod tests {
                             Op::Fail(_) => {
                                 breaker.on_failure(permit, now);
                                 if current {
+                                    if before == BreakerState::Closed {
+                                        model.push_back(true);
+                                    }
+                                    if let Some(rate) = rate {
+                                        while model.len() > rate.window as usize {
+                                            model.pop_front();
+                                        }
+                                    }
+                                    let failed = model.iter().filter(|&&f| f).count();
+                                    let rate_reached = rate.is_some_and(|rate| {
+                                        model.len() >= rate.min_calls as usize
+                                            && failed * 100 >= usize::from(rate.percent) * model.len()
+                                    });
                                     let opens = before == BreakerState::HalfOpen
-                                        || failures + 1 >= threshold;
+                                        || failures + 1 >= threshold
+                                        || rate_reached;
                                     let want = if opens {
                                         BreakerState::Open { until: now.plus_nanos(open_for) }
                                     } else {
@@ -642,6 +872,18 @@ mod tests {
                     .count();
                 prop_assert_eq!(live_probes, breaker.probes_in_flight() as usize);
                 prop_assert!(breaker.consecutive_failures() < threshold);
+                if let Some(rate) = rate {
+                    while model.len() > rate.window as usize {
+                        model.pop_front();
+                    }
+                }
+                if breaker.state() == BreakerState::Closed && breaker.generation == model_generation {
+                    let failed = model.iter().filter(|&&f| f).count();
+                    let kept = if rate.is_some() { model.len() } else { 0 };
+                    let kept_failed = if rate.is_some() { failed } else { 0 };
+                    prop_assert_eq!(breaker.outcome_count as usize, kept);
+                    prop_assert_eq!(breaker.outcomes.count_ones() as usize, kept_failed);
+                }
             }
         }
     }

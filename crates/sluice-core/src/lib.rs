@@ -3,8 +3,10 @@
 //! Policies ([`Policy`], [`Rate`]), the algorithms ([`Gcra`], [`FixedWindow`],
 //! [`SlidingWindow`], [`SlidingLog`], [`Concurrency`]) as stateless functions over a compact
 //! state, the [`Decision`] every caller renders its answer from, reservation [`Ticket`]s,
-//! canonical [`Key`]s, the [`Clock`] abstraction and a [`CircuitBreaker`] for anything that
-//! can fail (a shared store, an upstream API).
+//! canonical [`Key`]s, the [`Clock`] abstraction, a [`CircuitBreaker`] for anything that
+//! can fail (a shared store, an upstream API), and for the outbound side an [`Aimd`]
+//! controller that adapts a rate or concurrency limit to congestion and [`Backoff`] for
+//! retries.
 //!
 //! This crate does no I/O, spawns nothing and never reads a clock outside [`clock`]: every
 //! operation takes `now`. Where state lives (memory, Redis) is the business of
@@ -25,7 +27,9 @@
 //! assert_eq!(refused.retry_after, Some(std::time::Duration::from_millis(100)));
 //! ```
 
+pub mod aimd;
 pub mod algorithm;
+pub mod backoff;
 pub mod breaker;
 pub mod clock;
 pub mod decision;
@@ -33,11 +37,13 @@ pub mod key;
 pub mod policy;
 pub mod time;
 
+pub use aimd::{Aimd, AimdConfig, AimdError};
 pub use algorithm::{
     Algorithm, Concurrency, FixedWindow, Gcra, GcraState, Lease, LeaseState, LogState, SlidingLog,
     SlidingWindow, WindowState,
 };
-pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker, Permit, Rejected};
+pub use backoff::Backoff;
+pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker, FailureRate, Permit, Rejected};
 pub use clock::{Clock, ManualClock, MonotonicClock, SystemClock};
 pub use decision::{Decision, Plan, Ticket, Verdict};
 pub use key::{Key, KeyError};

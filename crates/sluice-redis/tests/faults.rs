@@ -64,6 +64,7 @@ async fn guarded(server: &RedisServer) -> Arc<Guarded> {
             failure_threshold: THRESHOLD,
             open_for: OPEN_FOR,
             half_open_probes: 1,
+            failure_rate: None,
         },
     };
     Arc::new(FallbackStore::with_config(

@@ -162,6 +162,7 @@ fn store() -> (Fallback, ManualClock) {
             failure_threshold: THRESHOLD,
             open_for: OPEN_FOR,
             half_open_probes: 1,
+            failure_rate: None,
         },
     };
     let secondary = MemoryStore::with_clock(clock.clone());
