@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::process::ExitStatus;
 use std::time::Duration;
 
-/// Why a throwaway Redis server or cluster could not be started, reached or driven.
+/// Why a throwaway Redis server or cluster could not be started, reached or driven, or a
+/// fake upstream could not be served.
 ///
 /// Every variant says what to do next where there is something to do (install a binary,
 /// read a log): these errors end up in the output of a failed test, far from this crate.

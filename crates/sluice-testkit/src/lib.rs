@@ -34,8 +34,39 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Not here yet: a fake quota-limited upstream that answers with OpenAI-style rate limit
-//! headers, for `sluice-egress`.
+//! For `sluice-egress` it fakes a quota-limited upstream: [`FakeUpstream`] answers
+//! OpenAI-style chat completions under requests-per-minute and tokens-per-minute buckets,
+//! with OpenAI's `x-ratelimit-*` headers, 429 bodies and `retry-after-ms`, and injected
+//! [`Fault`]s (server errors, timeouts, connection resets). It is a tower `Service` in
+//! process, timed by an injected [`Clock`] and tokio's timer so that it runs under paused
+//! tokio time, and [`FakeUpstream::serve`] puts it on a loopback port. Its [`stats`] and
+//! per-request [`log`] are for assertions. See [`upstream`] for the rules.
+//!
+//! [`stats`]: FakeUpstream::stats
+//! [`log`]: FakeUpstream::log
+//!
+//! ```
+//! use std::sync::Arc;
+//! use sluice_testkit::upstream::{FakeUpstream, FakeUpstreamConfig, Fault, chat_request};
+//! use sluice_testkit::{ClockExt, clock_at};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let clock = clock_at(100);
+//! let config = FakeUpstreamConfig { rpm: 60, ..FakeUpstreamConfig::default() };
+//! let upstream = FakeUpstream::new(config, Arc::new(clock.clone()));
+//! let ok = upstream.handle(chat_request("Hello", Some(10))).await.unwrap();
+//! assert_eq!(ok.status(), 200);
+//! assert_eq!(ok.headers()["x-ratelimit-remaining-requests"], "59");
+//! assert_eq!(ok.headers()["x-ratelimit-reset-requests"], "1s");
+//!
+//! upstream.fail_next(1, Fault::server_error(503));
+//! clock.advance_ms(500);
+//! let failed = upstream.handle(chat_request("Hello", Some(10))).await.unwrap();
+//! assert_eq!(failed.status(), 503);
+//! assert_eq!(upstream.stats().server_errors, 1);
+//! # }
+//! ```
 //!
 //! `sluice-core`'s own unit tests cannot use this crate: through it they would see a
 //! second copy of `sluice-core` whose types differ from `crate::*`. Its integration tests
@@ -50,12 +81,16 @@ mod error;
 mod port;
 mod redis;
 mod resp;
+pub mod upstream;
 
 pub use dir::temp_dir;
 pub use error::TestkitError;
 pub use port::free_port;
 pub use redis::{RedisCluster, RedisServer};
 pub use resp::Reply;
+pub use upstream::{
+    FakeServer, FakeStats, FakeUpstream, FakeUpstreamConfig, FakeUpstreamError, Fault, Served,
+};
 
 /// Nanoseconds in one second.
 const NANOS_PER_SEC: u64 = 1_000_000_000;
