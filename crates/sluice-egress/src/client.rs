@@ -1,0 +1,845 @@
+//! The client: every call to the upstream goes through [`Egress::execute`].
+//!
+//! One call, one attempt at a time:
+//!
+//! ```text
+//!  circuit open? ──▶ fail at once (CircuitOpen, with when the next probe is)
+//!  quota paused for this priority? ──▶ wait for the reset, or fail if beyond max_wait
+//!  pacer: reserve 1 request + the estimated tokens ──▶ wait until they are ready
+//!  adaptive concurrency: wait for a slot
+//!  send ──▶ answer ──▶ learn (headers → pacer and quota; AIMD; concurrency; breaker)
+//!                      settle the tokens to the reported usage
+//!  success ──▶ done      retryable failure ──▶ back off (Retry-After or full jitter), again
+//! ```
+//!
+//! The client spawns nothing: waits happen in the caller's task, so dropping the future
+//! cancels the call and gives back its concurrency slot.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Response;
+use sluice_core::{
+    Backoff, BreakerConfig, BreakerState, CircuitBreaker, Clock, Nanos, Permit, backoff::after_hint,
+};
+use sluice_http::UpstreamSignals;
+use sluice_store::{MemoryStore, Store};
+use tokio::sync::Notify;
+
+use crate::TokioClock;
+use crate::classify::{ErrorClass, Idempotency, Outcome, RetryRules, classify_status, may_retry};
+use crate::concurrency::{AdaptiveConcurrency, ConcurrencyConfig, ConcurrencyError, Slot};
+use crate::job::Priority;
+use crate::pacer::{
+    DimensionPace, PaceConfig, PaceConfigError, PaceDimension, PaceError, Paced, Pacer,
+};
+use crate::quota::{Admission, QuotaConfig, QuotaError, QuotaEvent, QuotaMonitor, Usage};
+use crate::usage::reported_tokens;
+
+/// How retries are made.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RetryConfig {
+    /// Attempts in all, the first included. 1 means never retry.
+    pub max_attempts: u32,
+    /// No retry starts later than this after the call began.
+    pub max_elapsed: Duration,
+    /// The backoff when the upstream gave no hint.
+    pub backoff: Backoff,
+    /// Added at random (up to this much) to an upstream's `Retry-After`, so that many
+    /// clients told the same instant do not all return at it. Zero honours it exactly.
+    pub retry_after_spread: Duration,
+    /// Retry non-idempotent requests (POST) after failures that may have been processed
+    /// (5xx, timeouts, broken connections). Off: only a 429 or a refused connection, which
+    /// the upstream guarantees it did not process, are retried.
+    pub retry_non_idempotent: bool,
+    /// How long one attempt may take before it counts as a timeout.
+    pub attempt_timeout: Duration,
+}
+
+impl Default for RetryConfig {
+    /// 5 attempts within 10 minutes, backoff from 500 ms to 30 s, Retry-After plus up to
+    /// 250 ms, POST not retried after a 5xx, 10 minutes per attempt (LLM answers are slow).
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            max_elapsed: Duration::from_secs(600),
+            backoff: Backoff::default(),
+            retry_after_spread: Duration::from_millis(250),
+            retry_non_idempotent: false,
+            attempt_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Everything an [`Egress`] client is configured with.
+#[derive(Clone, Debug)]
+pub struct EgressConfig {
+    /// The upstream's name: in logs, and the key of its pacing state in a shared store.
+    pub upstream: String,
+    /// Pacing by requests and tokens.
+    pub pace: PaceConfig,
+    /// Quota tracking, alerts and pausing.
+    pub quota: QuotaConfig,
+    /// The adaptive limit on calls in flight.
+    pub concurrency: ConcurrencyConfig,
+    /// When to stop calling a failing upstream, and how to probe it.
+    pub breaker: BreakerConfig,
+    /// Retries.
+    pub retry: RetryConfig,
+    /// How many calls may wait (for quota, pace or a slot) at once; more fail at once
+    /// with [`EgressError::Overloaded`].
+    pub max_waiting: usize,
+    /// How long every caller pauses after the upstream says its quota is exhausted
+    /// (`insufficient_quota`): a billing problem that retrying will not fix soon.
+    pub exhausted_pause: Duration,
+    /// Where the quota monitor's state is kept across restarts, if anywhere.
+    pub state_file: Option<PathBuf>,
+    /// How often, at most, the state file is rewritten.
+    pub persist_every: Duration,
+}
+
+impl EgressConfig {
+    /// Defaults for the upstream named `upstream`.
+    pub fn new(upstream: impl Into<String>) -> Self {
+        Self {
+            upstream: upstream.into(),
+            pace: PaceConfig::default(),
+            quota: QuotaConfig::default(),
+            concurrency: ConcurrencyConfig::default(),
+            breaker: BreakerConfig::default(),
+            retry: RetryConfig::default(),
+            max_waiting: 10_000,
+            exhausted_pause: Duration::from_secs(60),
+            state_file: None,
+            persist_every: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EgressConfigError {
+    /// Pacing.
+    #[error(transparent)]
+    Pace(#[from] PaceConfigError),
+    /// Quota.
+    #[error(transparent)]
+    Quota(#[from] QuotaError),
+    /// Concurrency.
+    #[error(transparent)]
+    Concurrency(#[from] ConcurrencyError),
+    /// Retries.
+    #[error("retry.max_attempts must be at least 1, got 0")]
+    NoAttempts,
+}
+
+/// What the caller says about one call.
+#[derive(Clone, Debug)]
+pub struct Job {
+    /// Higher goes first; below [`QuotaConfig::pause_exempt`] it pauses at the threshold.
+    pub priority: Priority,
+    /// The tokens the call may use: the prompt plus `max_tokens`. Settled to the usage
+    /// the answer reports.
+    pub tokens: u64,
+    /// Whether sending it twice is harmless.
+    pub idempotency: Idempotency,
+    /// How long it may wait for quota, pace and a slot before failing.
+    pub max_wait: Duration,
+}
+
+impl Job {
+    /// A job of `tokens` estimated tokens, for a request with `method`, at
+    /// [`Priority::BATCH`], that may wait up to 10 minutes.
+    pub fn new(method: &http::Method, tokens: u64) -> Self {
+        Self {
+            priority: Priority::BATCH,
+            tokens,
+            idempotency: Idempotency::of_method(method),
+            max_wait: Duration::from_secs(600),
+        }
+    }
+
+    /// The same job at `priority`.
+    #[must_use]
+    pub fn priority(self, priority: Priority) -> Self {
+        Self { priority, ..self }
+    }
+
+    /// The same job with another maximum wait.
+    #[must_use]
+    pub fn max_wait(self, max_wait: Duration) -> Self {
+        Self { max_wait, ..self }
+    }
+}
+
+/// A send that failed without an HTTP answer.
+#[derive(Debug, thiserror::Error)]
+#[error("{class:?}: {source}", class = self.class)]
+pub struct SendError {
+    /// [`ErrorClass::Connect`] (never sent), [`ErrorClass::ConnectionReset`] or
+    /// [`ErrorClass::Timeout`].
+    pub class: ErrorClass,
+    /// What the transport said.
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// Why a call did not get an answer from the upstream.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EgressError {
+    /// The circuit is open: the upstream failed too often. Nothing was sent.
+    #[error("circuit open for {upstream}: next probe in {retry_after:?}")]
+    CircuitOpen {
+        /// The upstream.
+        upstream: String,
+        /// When the next probe may go.
+        retry_after: Duration,
+    },
+    /// Waiting for quota or pace would take longer than the job's `max_wait`.
+    #[error("{upstream}: {source}")]
+    WouldWait {
+        /// The upstream.
+        upstream: String,
+        /// What it would wait for.
+        #[source]
+        source: PaceError,
+    },
+    /// The quota is paused (or exhausted) for this priority until after the job's
+    /// `max_wait`.
+    #[error(
+        "{upstream}: {dimension} quota {reason} at {percent:.0} % until the reset in {retry_after:?}"
+    )]
+    QuotaPaused {
+        /// The upstream.
+        upstream: String,
+        /// Which quota.
+        dimension: &'static str,
+        /// `paused` or `exhausted`.
+        reason: &'static str,
+        /// Its usage.
+        percent: f64,
+        /// When it resets.
+        retry_after: Duration,
+    },
+    /// Too many calls are waiting already.
+    #[error("{upstream}: {waiting} calls are waiting already (max_waiting)")]
+    Overloaded {
+        /// The upstream.
+        upstream: String,
+        /// How many.
+        waiting: usize,
+    },
+    /// The last attempt failed without an answer.
+    #[error("{upstream}: no answer after {attempts} attempt(s): {source}")]
+    Send {
+        /// The upstream.
+        upstream: String,
+        /// Attempts made.
+        attempts: u32,
+        /// The last failure.
+        #[source]
+        source: SendError,
+    },
+    /// The pacing store failed.
+    #[error("{upstream}: {source}")]
+    Store {
+        /// The upstream.
+        upstream: String,
+        /// What failed.
+        #[source]
+        source: PaceError,
+    },
+}
+
+impl EgressError {
+    /// How long the caller should wait before trying again, where sluice knows.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::CircuitOpen { retry_after, .. } | Self::QuotaPaused { retry_after, .. } => {
+                Some(*retry_after)
+            }
+            Self::WouldWait {
+                source: PaceError::WouldWait { wait, .. },
+                ..
+            } => Some(*wait),
+            _ => None,
+        }
+    }
+}
+
+/// Counters since the client was made.
+#[derive(Debug, Default)]
+struct Counters {
+    attempts: AtomicU64,
+    succeeded: AtomicU64,
+    retried: AtomicU64,
+    rate_limited: AtomicU64,
+    failed: AtomicU64,
+    rejected: AtomicU64,
+}
+
+/// What the client is doing, for dashboards and logs.
+#[derive(Clone, Debug)]
+pub struct EgressStats {
+    /// Calls waiting for quota, pace or a slot.
+    pub waiting: usize,
+    /// Calls in flight.
+    pub in_flight: u32,
+    /// The adaptive concurrency limit.
+    pub concurrency_limit: u32,
+    /// Each pacing dimension.
+    pub pace: [(PaceDimension, DimensionPace); 2],
+    /// The circuit.
+    pub circuit: BreakerState,
+    /// Each known quota dimension.
+    pub quota: Vec<Usage>,
+    /// Attempts sent.
+    pub attempts: u64,
+    /// Calls answered with success.
+    pub succeeded: u64,
+    /// Attempts that were retries.
+    pub retried: u64,
+    /// Answers that were 429.
+    pub rate_limited: u64,
+    /// Attempts that failed (any class).
+    pub failed: u64,
+    /// Calls refused before sending (circuit open, quota paused, overloaded).
+    pub rejected: u64,
+}
+
+impl EgressStats {
+    /// Successes over attempts, in `[0, 1]`; 1 before any attempt.
+    pub fn success_rate(&self) -> f64 {
+        if self.attempts == 0 {
+            return 1.0;
+        }
+        #[allow(clippy::cast_precision_loss, reason = "a ratio of counts")]
+        let rate = self.succeeded as f64 / self.attempts as f64;
+        rate
+    }
+}
+
+/// The state behind the lock: never held across an await.
+struct Shared {
+    breaker: CircuitBreaker,
+    concurrency: AdaptiveConcurrency,
+    quota: QuotaMonitor,
+    persisted_at: Option<Nanos>,
+}
+
+struct Inner<S> {
+    config: EgressConfig,
+    clock: TokioClock,
+    pacer: Pacer<S>,
+    shared: Mutex<Shared>,
+    slot_freed: Notify,
+    waiting: AtomicUsize,
+    counters: Counters,
+}
+
+/// A quota-aware client for one upstream. Cheap to clone: clones share everything.
+pub struct Egress<S = MemoryStore<TokioClock>> {
+    inner: Arc<Inner<S>>,
+}
+
+impl<S> Clone for Egress<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<S> std::fmt::Debug for Egress<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Egress")
+            .field("upstream", &self.inner.config.upstream)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Egress<MemoryStore<TokioClock>> {
+    /// A client that paces in this process's memory. Must be created inside a tokio
+    /// runtime.
+    pub fn new(config: EgressConfig) -> Result<Self, EgressConfigError> {
+        let clock = TokioClock::new();
+        Self::with_store(config, MemoryStore::with_clock(clock), clock)
+    }
+}
+
+impl<S: Store> Egress<S> {
+    /// A client that paces through `store` (e.g. Redis, to share one upstream account
+    /// between processes), reading time from `clock`.
+    pub fn with_store(
+        config: EgressConfig,
+        store: S,
+        clock: TokioClock,
+    ) -> Result<Self, EgressConfigError> {
+        if config.retry.max_attempts == 0 {
+            return Err(EgressConfigError::NoAttempts);
+        }
+        let pacer = Pacer::new(store, &config.upstream, &config.pace)?;
+        let now = clock.now();
+        let quota = match &config.state_file {
+            Some(path) => QuotaMonitor::load(config.quota.clone(), path, now)?,
+            None => QuotaMonitor::new(config.quota.clone())?,
+        };
+        let shared = Shared {
+            breaker: CircuitBreaker::new(config.breaker),
+            concurrency: AdaptiveConcurrency::new(config.concurrency.clone())?,
+            quota,
+            persisted_at: None,
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                clock,
+                pacer,
+                shared: Mutex::new(shared),
+                slot_freed: Notify::new(),
+                waiting: AtomicUsize::new(0),
+                counters: Counters::default(),
+            }),
+        })
+    }
+
+    fn shared(&self) -> MutexGuard<'_, Shared> {
+        // Plain numbers inside: a panic elsewhere cannot leave them half-updated.
+        self.inner
+            .shared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn now(&self) -> Nanos {
+        self.inner.clock.now()
+    }
+
+    fn upstream(&self) -> String {
+        self.inner.config.upstream.clone()
+    }
+
+    /// Runs one call: `send` makes one attempt and is called again for each retry.
+    ///
+    /// Answers `Ok` with the upstream's last answer whenever there is one, successful or
+    /// not (a 400 is the caller's to read; a 429 after the last retry too), and `Err` when
+    /// nothing was sent or no answer came.
+    pub async fn execute<F, Fut>(
+        &self,
+        job: &Job,
+        mut send: F,
+    ) -> Result<Response<Bytes>, EgressError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<Response<Bytes>, SendError>>,
+    {
+        let config = &self.inner.config.retry;
+        let started = self.now();
+        let rules = RetryRules {
+            retry_non_idempotent: config.retry_non_idempotent,
+        };
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            if attempt > 1 {
+                self.inner.counters.retried.fetch_add(1, Ordering::Relaxed);
+            }
+            let guard = Guard {
+                egress: self,
+                ticket: Some(self.begin(job).await?),
+            };
+            let sent_at = self.now();
+            let result = match tokio::time::timeout(config.attempt_timeout, send()).await {
+                Ok(result) => result,
+                Err(_) => Err(SendError {
+                    class: ErrorClass::Timeout,
+                    source: format!("no answer within {:?}", config.attempt_timeout).into(),
+                }),
+            };
+            let Some(ticket) = guard.take() else {
+                unreachable!("the guard holds the ticket until here")
+            };
+            let finished = self.finish(ticket, job, &result, sent_at).await;
+            let (class, should_retry, hint) = match finished {
+                Finished::Done => {
+                    return result.map_err(|source| self.send_failed(attempt, source));
+                }
+                Finished::Failed {
+                    class,
+                    should_retry,
+                    hint,
+                } => (class, should_retry, hint),
+            };
+            let retryable = may_retry(class, job.idempotency, &rules, should_retry);
+            let wait = match hint {
+                Some(hint) => after_hint(hint, config.retry_after_spread, fastrand::f64()),
+                None => config.backoff.full_jitter(attempt - 1, fastrand::f64()),
+            };
+            let elapsed = self.now().saturating_since(started);
+            if !retryable || attempt >= config.max_attempts || elapsed + wait > config.max_elapsed {
+                tracing::debug!(upstream = %self.inner.config.upstream, class = class.name(), attempt, retryable, "giving up");
+                return result.map_err(|source| self.send_failed(attempt, source));
+            }
+            tracing::debug!(upstream = %self.inner.config.upstream, class = class.name(), attempt, wait_ms = wait.as_millis(), "retrying");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    fn send_failed(&self, attempts: u32, source: SendError) -> EgressError {
+        EgressError::Send {
+            upstream: self.upstream(),
+            attempts,
+            source,
+        }
+    }
+
+    /// Waits until one attempt may be sent: circuit, quota, pace, a concurrency slot.
+    async fn begin(&self, job: &Job) -> Result<Ticket, EgressError> {
+        let waiting = self.inner.waiting.fetch_add(1, Ordering::AcqRel);
+        let _waiting = Waiting(&self.inner.waiting);
+        if waiting >= self.inner.config.max_waiting {
+            return Err(self.reject(EgressError::Overloaded {
+                upstream: self.upstream(),
+                waiting,
+            }));
+        }
+        let deadline = self
+            .now()
+            .plus_nanos(sluice_core::time::duration_nanos(job.max_wait));
+        self.check_circuit()?;
+        self.wait_for_quota(job, deadline).await?;
+        let max_wait = deadline.saturating_since(self.now());
+        let paced = match self
+            .inner
+            .pacer
+            .reserve(job.tokens, max_wait, self.now())
+            .await
+        {
+            Ok(paced) => paced,
+            Err(source @ PaceError::Store(_)) => {
+                return Err(EgressError::Store {
+                    upstream: self.upstream(),
+                    source,
+                });
+            }
+            Err(source) => {
+                return Err(self.reject(EgressError::WouldWait {
+                    upstream: self.upstream(),
+                    source,
+                }));
+            }
+        };
+        if !paced.wait.is_zero() {
+            tokio::time::sleep(paced.wait).await;
+        }
+        let slot = self.slot().await;
+        let now = self.now();
+        let acquired = {
+            let mut shared = self.shared();
+            match shared.breaker.try_acquire(now) {
+                Ok(permit) => Ok((permit, shared.quota.record_sent(1, job.tokens, now))),
+                Err(rejected) => Err(rejected.retry_after(now).unwrap_or_default()),
+            }
+        };
+        let permit = match acquired {
+            Ok((permit, events)) => {
+                log_events(&self.inner.config.upstream, &events);
+                permit
+            }
+            Err(retry_after) => {
+                self.release_slot(slot);
+                if let Err(e) = self.inner.pacer.cancel(&paced).await {
+                    tracing::debug!(upstream = %self.inner.config.upstream, error = %e, "could not give back a reservation");
+                }
+                return Err(self.reject(EgressError::CircuitOpen {
+                    upstream: self.upstream(),
+                    retry_after,
+                }));
+            }
+        };
+        self.inner.counters.attempts.fetch_add(1, Ordering::Relaxed);
+        Ok(Ticket {
+            paced,
+            slot,
+            permit,
+        })
+    }
+
+    fn release_slot(&self, slot: Slot) {
+        self.shared().concurrency.release(slot);
+        self.inner.slot_freed.notify_one();
+    }
+
+    fn reject(&self, error: EgressError) -> EgressError {
+        self.inner.counters.rejected.fetch_add(1, Ordering::Relaxed);
+        error
+    }
+
+    fn check_circuit(&self) -> Result<(), EgressError> {
+        let now = self.now();
+        let state = self.shared().breaker.state_at(now);
+        if let BreakerState::Open { until } = state {
+            return Err(self.reject(EgressError::CircuitOpen {
+                upstream: self.upstream(),
+                retry_after: until.saturating_since(now),
+            }));
+        }
+        Ok(())
+    }
+
+    async fn wait_for_quota(&self, job: &Job, deadline: Nanos) -> Result<(), EgressError> {
+        loop {
+            let now = self.now();
+            let admission = self.shared().quota.admit(job.priority, now);
+            let Admission::Wait {
+                until,
+                dimension,
+                percent,
+                reason,
+            } = admission
+            else {
+                return Ok(());
+            };
+            if until > deadline {
+                return Err(self.reject(EgressError::QuotaPaused {
+                    upstream: self.upstream(),
+                    dimension: dimension.name(),
+                    reason: reason.name(),
+                    percent,
+                    retry_after: until.saturating_since(now),
+                }));
+            }
+            tokio::time::sleep_until(self.inner.clock.instant_at(until)).await;
+        }
+    }
+
+    async fn slot(&self) -> Slot {
+        loop {
+            let freed = self.inner.slot_freed.notified();
+            if let Some(slot) = self.shared().concurrency.try_acquire() {
+                return slot;
+            }
+            freed.await;
+        }
+    }
+
+    /// Learns from one attempt's result and says whether it needs another.
+    async fn finish(
+        &self,
+        ticket: Ticket,
+        job: &Job,
+        result: &Result<Response<Bytes>, SendError>,
+        sent_at: Nanos,
+    ) -> Finished {
+        let Ticket {
+            paced,
+            slot,
+            permit,
+        } = ticket;
+        let now = self.now();
+        let latency = now.saturating_since(sent_at);
+        let counters = &self.inner.counters;
+        let (outcome, signals, used) = match result {
+            Ok(response) => {
+                let signals = UpstreamSignals::read(response.status(), response.headers(), now);
+                let outcome = classify_status(response.status(), Some(response.body()));
+                let used = match outcome {
+                    Outcome::Success => reported_tokens(response.body()).unwrap_or(job.tokens),
+                    // Refused answers did not use the tokens.
+                    Outcome::Failure(_) => 0,
+                };
+                (outcome, Some(signals), used)
+            }
+            Err(e) => {
+                // A refused connection never reached the upstream; anything else may have.
+                let used = if e.class == ErrorClass::Connect {
+                    0
+                } else {
+                    job.tokens
+                };
+                (Outcome::Failure(e.class), None, used)
+            }
+        };
+        if let Some(signals) = &signals {
+            self.inner.pacer.observe(signals, now);
+        }
+        let (events, free) = {
+            let mut shared = self.shared();
+            let mut events = match &signals {
+                Some(signals) => shared.quota.observe(signals, now),
+                None => Vec::new(),
+            };
+            events.extend(shared.quota.record_settled(job.tokens, used, now));
+            match outcome {
+                Outcome::Success => {
+                    shared.concurrency.on_success(slot, latency, now);
+                    shared.breaker.on_success(permit, now);
+                }
+                Outcome::Failure(class) => {
+                    shared.concurrency.on_failure(slot, class, now);
+                    if class.counts_against_breaker() {
+                        shared.breaker.on_failure(permit, now);
+                    } else {
+                        // It answered: whatever it said, the upstream is up.
+                        shared.breaker.on_success(permit, now);
+                    }
+                }
+            }
+            self.persist_if_due(&mut shared, now);
+            let free = shared
+                .concurrency
+                .limit()
+                .saturating_sub(shared.concurrency.in_flight());
+            (events, free)
+        };
+        // The limit may have risen with this answer: wake one waiter per free slot.
+        for _ in 0..free.clamp(1, 64) {
+            self.inner.slot_freed.notify_one();
+        }
+        log_events(&self.inner.config.upstream, &events);
+        if let Err(e) = self.inner.pacer.settle(&paced, used).await {
+            tracing::warn!(upstream = %self.inner.config.upstream, error = %e, "could not settle the tokens of a call");
+        }
+        match outcome {
+            Outcome::Success => {
+                self.inner.pacer.on_success(now);
+                counters.succeeded.fetch_add(1, Ordering::Relaxed);
+                Finished::Done
+            }
+            Outcome::Failure(class) => {
+                counters.failed.fetch_add(1, Ordering::Relaxed);
+                let signals = signals.unwrap_or_else(|| {
+                    UpstreamSignals::read(http::StatusCode::OK, &http::HeaderMap::new(), now)
+                });
+                match class {
+                    ErrorClass::RateLimited => {
+                        counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+                        self.inner.pacer.on_rate_limited(&signals, now);
+                    }
+                    ErrorClass::QuotaExhausted => {
+                        counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(upstream = %self.inner.config.upstream, pause_s = self.inner.config.exhausted_pause.as_secs(), "the upstream says its quota is exhausted: pausing every caller");
+                        self.inner
+                            .pacer
+                            .hold(now.plus_nanos(sluice_core::time::duration_nanos(
+                                self.inner.config.exhausted_pause,
+                            )));
+                    }
+                    _ => {}
+                }
+                Finished::Failed {
+                    class,
+                    should_retry: signals.should_retry,
+                    hint: signals.retry_after,
+                }
+            }
+        }
+    }
+
+    fn persist_if_due(&self, shared: &mut Shared, now: Nanos) {
+        let Some(path) = &self.inner.config.state_file else {
+            return;
+        };
+        let due = shared
+            .persisted_at
+            .is_none_or(|at| now.saturating_since(at) >= self.inner.config.persist_every);
+        if !due {
+            return;
+        }
+        shared.persisted_at = Some(now);
+        if let Err(e) = shared.quota.persist(path) {
+            tracing::warn!(upstream = %self.inner.config.upstream, error = %e, "could not persist the quota state");
+        }
+    }
+
+    /// Writes the quota state to the state file now (call before exiting).
+    pub fn flush(&self) -> Result<(), QuotaError> {
+        match &self.inner.config.state_file {
+            Some(path) => self.shared().quota.persist(path),
+            None => Ok(()),
+        }
+    }
+
+    /// What the client is doing now.
+    pub fn stats(&self) -> EgressStats {
+        let now = self.now();
+        let c = &self.inner.counters;
+        let shared = self.shared();
+        EgressStats {
+            waiting: self.inner.waiting.load(Ordering::Acquire),
+            in_flight: shared.concurrency.in_flight(),
+            concurrency_limit: shared.concurrency.limit(),
+            pace: self.inner.pacer.view(now),
+            circuit: shared.breaker.state_at(now),
+            quota: shared.quota.usage(now),
+            attempts: c.attempts.load(Ordering::Relaxed),
+            succeeded: c.succeeded.load(Ordering::Relaxed),
+            retried: c.retried.load(Ordering::Relaxed),
+            rate_limited: c.rate_limited.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            rejected: c.rejected.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// What one attempt holds between sending and its answer.
+struct Ticket {
+    paced: Paced,
+    slot: Slot,
+    permit: Permit,
+}
+
+/// Gives back a ticket's slot and probe if the caller drops the call mid-flight.
+struct Guard<'a, S> {
+    egress: &'a Egress<S>,
+    ticket: Option<Ticket>,
+}
+
+impl<S> Guard<'_, S> {
+    fn take(mut self) -> Option<Ticket> {
+        self.ticket.take()
+    }
+}
+
+impl<S> Drop for Guard<'_, S> {
+    fn drop(&mut self) {
+        if let Some(Ticket { slot, permit, .. }) = self.ticket.take() {
+            let inner = &self.egress.inner;
+            let mut shared = inner.shared.lock().unwrap_or_else(PoisonError::into_inner);
+            shared.concurrency.release(slot);
+            shared.breaker.release(permit);
+            drop(shared);
+            inner.slot_freed.notify_one();
+        }
+    }
+}
+
+enum Finished {
+    Done,
+    Failed {
+        class: ErrorClass,
+        should_retry: Option<bool>,
+        hint: Option<Duration>,
+    },
+}
+
+/// Counts a call as waiting until it is dropped, whichever way `begin` returns.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn log_events(upstream: &str, events: &[QuotaEvent]) {
+    for event in events {
+        event.log(upstream);
+    }
+}

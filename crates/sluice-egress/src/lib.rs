@@ -1,0 +1,23 @@
+//! sluice-egress: outbound rate limiting, for programs that call quota-limited upstream
+//! APIs (OpenAI, AWS Bedrock, any API that answers 429).
+//!
+//! The pure parts take `now` and do no I/O: the [`quota`] monitor, the adaptive
+//! [`concurrency`] limit and the [`classify`] rules that sort an upstream's answer into
+//! retry classes. The async parts (pacing, the client) run on tokio and read time from
+//! [`TokioClock`], so that tests under paused tokio time see the same timeline as the
+//! timers they wait on.
+
+pub mod classify;
+pub mod client;
+pub mod clock;
+pub mod concurrency;
+pub mod job;
+pub mod pacer;
+pub mod quota;
+pub mod usage;
+
+pub use client::{
+    Egress, EgressConfig, EgressConfigError, EgressError, EgressStats, Job, RetryConfig, SendError,
+};
+pub use clock::TokioClock;
+pub use job::Priority;
