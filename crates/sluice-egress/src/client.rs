@@ -143,6 +143,9 @@ pub enum EgressConfigError {
 pub struct Job {
     /// Higher goes first; below [`QuotaConfig::pause_exempt`] it pauses at the threshold.
     pub priority: Priority,
+    /// Whose work it is: callers of one priority are served in turn by tenant, so one
+    /// tenant's thousand calls do not starve another's one.
+    pub tenant: Option<Arc<str>>,
     /// The tokens the call may use: the prompt plus `max_tokens`. Settled to the usage
     /// the answer reports.
     pub tokens: u64,
@@ -158,6 +161,7 @@ impl Job {
     pub fn new(method: &http::Method, tokens: u64) -> Self {
         Self {
             priority: Priority::BATCH,
+            tenant: None,
             tokens,
             idempotency: Idempotency::of_method(method),
             max_wait: Duration::from_secs(600),
@@ -168,6 +172,15 @@ impl Job {
     #[must_use]
     pub fn priority(self, priority: Priority) -> Self {
         Self { priority, ..self }
+    }
+
+    /// The same job on behalf of `tenant`.
+    #[must_use]
+    pub fn tenant(self, tenant: impl Into<Arc<str>>) -> Self {
+        Self {
+            tenant: Some(tenant.into()),
+            ..self
+        }
     }
 
     /// The same job with another maximum wait.

@@ -10,10 +10,15 @@
 pub mod classify;
 pub mod client;
 pub mod clock;
+pub mod coalesce;
 pub mod concurrency;
+pub mod gate;
 pub mod job;
+pub mod layer;
 pub mod pacer;
 pub mod quota;
+#[cfg(feature = "reqwest")]
+pub mod reqwest;
 pub mod usage;
 
 pub use client::{
