@@ -19,8 +19,9 @@
 //!   steps after runs of successes ([`Aimd`]): it finds the rate that actually works when
 //!   the quota is shared with callers sluice cannot see.
 //!
-//! A dimension whose ceiling is unknown is not paced; 429s then still pause every caller
-//! for the upstream's `Retry-After`. When the headers say a dimension is exhausted, it is
+//! An upstream that never states its limit is not paced until its first 429; from then
+//! on the requests bucket runs at the rate a [`RateProbe`] finds from the 429s alone, and
+//! each 429's `Retry-After` pauses every caller. When the headers say a dimension is exhausted, it is
 //! held until the upstream says a unit is back.
 //!
 //! The rate goes into each call's [`Policy`] with a fixed period of one hour, so that a
@@ -33,6 +34,8 @@ use std::time::Duration;
 use sluice_core::{Aimd, AimdConfig, AimdError, Key, Nanos, Policy, Rate, time::duration_nanos};
 use sluice_http::{Dimension, Family, UpstreamSignals};
 use sluice_store::{Limit, Reservation, Store};
+
+use crate::probe::RateProbe;
 
 /// How the pacer spends a quota.
 #[derive(Clone, Debug, PartialEq)]
@@ -195,6 +198,8 @@ struct Lane {
     configured: Option<f64>,
     learned: Option<f64>,
     aimd: Aimd,
+    /// The rate found from 429s alone while no ceiling is known.
+    probe: RateProbe,
     held_until: Option<Nanos>,
 }
 
@@ -214,6 +219,7 @@ impl Lane {
             configured: configured.map(|n| n as f64),
             learned: None,
             aimd: Aimd::new(aimd.clone(), aimd.max),
+            probe: RateProbe::default(),
             held_until: None,
         }
     }
@@ -223,8 +229,23 @@ impl Lane {
     }
 
     fn rate_per_minute(&self, headroom: f64) -> Option<f64> {
-        self.ceiling()
-            .map(|c| c * (1.0 - headroom) * self.aimd.value())
+        match self.ceiling() {
+            Some(c) => Some(c * (1.0 - headroom) * self.aimd.value()),
+            None => self.probe.rate_per_minute(),
+        }
+    }
+
+    fn on_success(&mut self, now: Nanos) {
+        self.probe.on_success(now);
+        self.aimd.on_success(now);
+    }
+
+    fn on_congestion(&mut self, now: Nanos) {
+        if self.ceiling().is_some() {
+            self.aimd.on_congestion(now);
+        } else {
+            self.probe.on_rate_limited(now);
+        }
     }
 
     fn view(&self, headroom: f64, now: Nanos) -> DimensionPace {
@@ -494,7 +515,7 @@ impl<S: Store> Pacer<S> {
     /// A call succeeded: the AIMD fractions may climb.
     pub fn on_success(&self, now: Nanos) {
         for lane in self.lanes().iter_mut() {
-            lane.aimd.on_success(now);
+            lane.on_success(now);
         }
     }
 
@@ -505,10 +526,12 @@ impl<S: Store> Pacer<S> {
         let tokens_out = signals.tokens.remaining == Some(0);
         let both = requests_out == tokens_out;
         if requests_out || both {
-            lanes[0].aimd.on_congestion(now);
+            lanes[0].on_congestion(now);
         }
-        if tokens_out || both {
-            lanes[1].aimd.on_congestion(now);
+        // The tokens a call uses are not known before its answer, so an upstream that
+        // states no limit is probed by requests only.
+        if (tokens_out || both) && lanes[1].ceiling().is_some() {
+            lanes[1].on_congestion(now);
         }
     }
 }

@@ -519,3 +519,45 @@ async fn a_quota_shared_with_an_unseen_caller_is_spent_without_429s() {
         per_minute(180, 360)
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_upstream_that_only_says_429_is_found_by_aimd() {
+    let s = setup(FakeUpstreamConfig {
+        rpm: 300,
+        latency: Duration::from_millis(200),
+        quota_headers: false,
+        ..FakeUpstreamConfig::default()
+    });
+    let egress = client(&s, EgressConfig::new("fake"));
+    let load = spawn_load(&egress, &s.upstream, 100_000);
+    let mut limited = vec![0];
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        limited.push(egress.stats().rate_limited);
+    }
+    load.abort();
+    let log = s.upstream.log();
+    let ok_per_minute = |from, to| {
+        slice(&log, from, to)
+            .iter()
+            .filter(|s| s.status == 200)
+            .count() as f64
+            / (to - from) as f64
+            * 60.0
+    };
+    let per_minute: Vec<u64> = limited.windows(2).map(|w| w[1] - w[0]).collect();
+    println!(
+        "no quota headers, 300 rpm: 429s per minute {per_minute:?}; {:.0}/min served in minutes 3-6; pace {:?}",
+        ok_per_minute(120, 360),
+        egress.stats().pace[0].1
+    );
+    assert!(
+        per_minute[3..].iter().all(|&n| n <= 6),
+        "429s per minute: {per_minute:?}"
+    );
+    assert!(
+        ok_per_minute(120, 360) >= 0.8 * 300.0,
+        "{:.0}/min",
+        ok_per_minute(120, 360)
+    );
+}

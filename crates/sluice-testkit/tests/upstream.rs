@@ -146,6 +146,33 @@ async fn answers_carry_openai_headers_that_count_down() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn without_quota_headers_only_a_429_says_anything() {
+    let upstream = upstream(FakeUpstreamConfig {
+        rpm: 1,
+        quota_headers: false,
+        ..FakeUpstreamConfig::default()
+    });
+    let ok = hello(&upstream).await;
+    assert_eq!(ok.status(), 200);
+    assert!(
+        ok.headers()
+            .keys()
+            .all(|name| !name.as_str().starts_with("x-ratelimit")),
+        "{:?}",
+        ok.headers()
+    );
+    let refused = hello(&upstream).await;
+    assert_eq!(refused.status(), 429);
+    assert!(
+        refused
+            .headers()
+            .keys()
+            .all(|name| !name.as_str().starts_with("x-ratelimit"))
+    );
+    assert_eq!(header(&refused, "retry-after-ms"), Some("60000"));
+}
+
+#[tokio::test(start_paused = true)]
 async fn completion_tokens_are_capped_by_max_tokens_and_the_config() {
     let upstream = upstream(FakeUpstreamConfig {
         completion_tokens: 12,

@@ -160,6 +160,10 @@ pub struct FakeUpstreamConfig {
     pub daily_requests: Option<u64>,
     /// Whether every charged endpoint answers 429 `insufficient_quota`.
     pub insufficient_quota: bool,
+    /// Whether answers carry the `x-ratelimit-*` headers. Off, the upstream is one of the
+    /// many APIs that say nothing about their quota until they answer 429 (with
+    /// `Retry-After`).
+    pub quota_headers: bool,
 }
 
 impl Default for FakeUpstreamConfig {
@@ -173,6 +177,7 @@ impl Default for FakeUpstreamConfig {
             latency: Duration::ZERO,
             daily_requests: None,
             insufficient_quota: false,
+            quota_headers: true,
         }
     }
 }
@@ -598,6 +603,7 @@ impl State {
                 Some("insufficient_quota"),
             );
             let response = with_quota_headers(
+                self.config.quota_headers,
                 json_response(StatusCode::TOO_MANY_REQUESTS, &body, id),
                 self.requests.decide(0, now),
                 self.tokens.decide(0, now),
@@ -625,6 +631,7 @@ impl State {
             );
             let body = error_body(&message, "tokens", None, Some("rate_limit_exceeded"));
             let response = with_quota_headers(
+                self.config.quota_headers,
                 json_response(StatusCode::TOO_MANY_REQUESTS, &body, id),
                 self.requests.decide(0, now),
                 self.tokens.decide(0, now),
@@ -661,6 +668,7 @@ impl State {
             );
             let body = error_body(&message, kind, None, Some("rate_limit_exceeded"));
             let response = with_quota_headers(
+                self.config.quota_headers,
                 json_response(StatusCode::TOO_MANY_REQUESTS, &body, id),
                 self.requests.decide(0, now),
                 self.tokens.decide(0, now),
@@ -679,6 +687,7 @@ impl State {
             None => models_body(),
         };
         let response = with_quota_headers(
+                self.config.quota_headers,
             json_response(StatusCode::OK, &body, id),
             decisions[0].1,
             decisions[1].1,
@@ -693,14 +702,16 @@ impl State {
     }
 }
 
-/// Adds the `x-ratelimit-*` headers of the two per-minute buckets and, for a refusal,
-/// `retry-after-ms` and `retry-after`.
+/// Adds the `x-ratelimit-*` headers of the two per-minute buckets (when `quota_headers`)
+/// and, for a refusal, `retry-after-ms` and `retry-after`.
 fn with_quota_headers(
+    quota_headers: bool,
     mut response: Response<Bytes>,
     requests: Option<Decision>,
     tokens: Option<Decision>,
     retry_after: Option<Duration>,
 ) -> Response<Bytes> {
+    let (requests, tokens) = if quota_headers { (requests, tokens) } else { (None, None) };
     let signals = UpstreamSignals {
         requests: dimension(requests),
         tokens: dimension(tokens),
