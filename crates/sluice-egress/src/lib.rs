@@ -16,6 +16,7 @@ pub mod gate;
 pub mod job;
 pub mod layer;
 pub mod pacer;
+pub mod probe;
 pub mod quota;
 #[cfg(feature = "reqwest")]
 pub mod reqwest;
