@@ -32,7 +32,9 @@ use tokio::sync::Notify;
 
 use crate::TokioClock;
 use crate::classify::{ErrorClass, Idempotency, Outcome, RetryRules, classify_status, may_retry};
+use crate::coalesce::{CoalesceKey, Coalescer};
 use crate::concurrency::{AdaptiveConcurrency, ConcurrencyConfig, ConcurrencyError, Slot};
+use crate::gate::Gate;
 use crate::job::Priority;
 use crate::pacer::{
     DimensionPace, PaceConfig, PaceConfigError, PaceDimension, PaceError, Paced, Pacer,
@@ -259,6 +261,9 @@ pub enum EgressError {
         #[source]
         source: SendError,
     },
+    /// The error of a coalesced call, shared by every caller that waited for it.
+    #[error(transparent)]
+    Shared(Arc<Self>),
     /// The pacing store failed.
     #[error("{upstream}: {source}")]
     Store {
@@ -281,6 +286,7 @@ impl EgressError {
                 source: PaceError::WouldWait { wait, .. },
                 ..
             } => Some(*wait),
+            Self::Shared(inner) => inner.retry_after(),
             _ => None,
         }
     }
@@ -295,6 +301,7 @@ struct Counters {
     rate_limited: AtomicU64,
     failed: AtomicU64,
     rejected: AtomicU64,
+    coalesced: AtomicU64,
 }
 
 /// What the client is doing, for dashboards and logs.
@@ -324,6 +331,10 @@ pub struct EgressStats {
     pub failed: u64,
     /// Calls refused before sending (circuit open, quota paused, overloaded).
     pub rejected: u64,
+    /// Calls answered with another identical call's answer.
+    pub coalesced: u64,
+    /// Calls waiting for their turn to pace, by priority, highest first.
+    pub waiting_by_priority: Vec<(Priority, usize)>,
 }
 
 impl EgressStats {
@@ -352,6 +363,8 @@ struct Inner<S> {
     pacer: Pacer<S>,
     shared: Mutex<Shared>,
     slot_freed: Notify,
+    gate: Gate,
+    coalescer: Coalescer<Result<Response<Bytes>, Arc<EgressError>>>,
     waiting: AtomicUsize,
     counters: Counters,
 }
@@ -409,6 +422,7 @@ impl<S: Store> Egress<S> {
             quota,
             persisted_at: None,
         };
+        let gate = Gate::new(config.max_waiting);
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
@@ -416,6 +430,8 @@ impl<S: Store> Egress<S> {
                 pacer,
                 shared: Mutex::new(shared),
                 slot_freed: Notify::new(),
+                gate,
+                coalescer: Coalescer::new(),
                 waiting: AtomicUsize::new(0),
                 counters: Counters::default(),
             }),
@@ -504,6 +520,39 @@ impl<S: Store> Egress<S> {
         }
     }
 
+    /// [`execute`](Self::execute), shared with identical calls in flight: while a call with
+    /// the same `key` runs, this one waits for its answer instead of calling the upstream
+    /// again (see [`crate::coalesce`]). Only for idempotent requests. An error is
+    /// [`EgressError::Shared`] for the callers that waited for it.
+    pub async fn execute_coalesced<F, Fut>(
+        &self,
+        key: CoalesceKey,
+        job: &Job,
+        send: F,
+    ) -> Result<Response<Bytes>, EgressError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<Response<Bytes>, SendError>>,
+    {
+        let coalesced = self
+            .inner
+            .coalescer
+            .run(key, || async {
+                self.execute(job, send).await.map_err(Arc::new)
+            })
+            .await;
+        if coalesced.shared {
+            self.inner
+                .counters
+                .coalesced
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        coalesced.value.map_err(|e| match Arc::try_unwrap(e) {
+            Ok(e) => e,
+            Err(shared) => EgressError::Shared(shared),
+        })
+    }
+
     fn send_failed(&self, attempts: u32, source: SendError) -> EgressError {
         EgressError::Send {
             upstream: self.upstream(),
@@ -527,6 +576,19 @@ impl<S: Store> Egress<S> {
             .plus_nanos(sluice_core::time::duration_nanos(job.max_wait));
         self.check_circuit()?;
         self.wait_for_quota(job, deadline).await?;
+        // One caller at a time reserves, waits out its pace and takes a slot, in order of
+        // priority and then tenant by tenant: a late interactive call overtakes the batch.
+        let turn = self
+            .inner
+            .gate
+            .enter(job.priority, job.tenant.as_deref())
+            .await
+            .map_err(|full| {
+                self.reject(EgressError::Overloaded {
+                    upstream: self.upstream(),
+                    waiting: full.waiting,
+                })
+            })?;
         let max_wait = deadline.saturating_since(self.now());
         let paced = match self
             .inner
@@ -552,6 +614,7 @@ impl<S: Store> Egress<S> {
             tokio::time::sleep(paced.wait).await;
         }
         let slot = self.slot().await;
+        drop(turn);
         let now = self.now();
         let acquired = {
             let mut shared = self.shared();
@@ -797,6 +860,8 @@ impl<S: Store> Egress<S> {
             rate_limited: c.rate_limited.load(Ordering::Relaxed),
             failed: c.failed.load(Ordering::Relaxed),
             rejected: c.rejected.load(Ordering::Relaxed),
+            coalesced: c.coalesced.load(Ordering::Relaxed),
+            waiting_by_priority: self.inner.gate.waiting_by_priority(),
         }
     }
 }
