@@ -309,6 +309,8 @@ struct Counters {
 pub struct EgressStats {
     /// Calls waiting for quota, pace or a slot.
     pub waiting: usize,
+    /// Calls backing off before a retry: they wait apart, so they never hold up fresh work.
+    pub retrying: usize,
     /// Calls in flight.
     pub in_flight: u32,
     /// The adaptive concurrency limit.
@@ -343,10 +345,21 @@ impl EgressStats {
         if self.attempts == 0 {
             return 1.0;
         }
-        #[allow(clippy::cast_precision_loss, reason = "a ratio of counts")]
-        let rate = self.succeeded as f64 / self.attempts as f64;
-        rate
+        ratio(self.succeeded, self.attempts)
     }
+
+    /// Attempts the upstream answered 429 (or quota exhausted), in `[0, 1]`.
+    pub fn throttle_rate(&self) -> f64 {
+        if self.attempts == 0 {
+            return 0.0;
+        }
+        ratio(self.rate_limited, self.attempts)
+    }
+}
+
+#[allow(clippy::cast_precision_loss, reason = "a ratio of counts")]
+fn ratio(part: u64, whole: u64) -> f64 {
+    part as f64 / whole as f64
 }
 
 /// The state behind the lock: never held across an await.
@@ -364,6 +377,7 @@ struct Inner<S> {
     shared: Mutex<Shared>,
     slot_freed: Notify,
     gate: Gate,
+    retrying: AtomicUsize,
     coalescer: Coalescer<Result<Response<Bytes>, Arc<EgressError>>>,
     waiting: AtomicUsize,
     counters: Counters,
@@ -431,6 +445,7 @@ impl<S: Store> Egress<S> {
                 shared: Mutex::new(shared),
                 slot_freed: Notify::new(),
                 gate,
+                retrying: AtomicUsize::new(0),
                 coalescer: Coalescer::new(),
                 waiting: AtomicUsize::new(0),
                 counters: Counters::default(),
@@ -516,6 +531,7 @@ impl<S: Store> Egress<S> {
                 return result.map_err(|source| self.send_failed(attempt, source));
             }
             tracing::debug!(upstream = %self.inner.config.upstream, class = class.name(), attempt, wait_ms = wait.as_millis(), "retrying");
+            let _retrying = Waiting::new(&self.inner.retrying);
             tokio::time::sleep(wait).await;
         }
     }
@@ -563,8 +579,7 @@ impl<S: Store> Egress<S> {
 
     /// Waits until one attempt may be sent: circuit, quota, pace, a concurrency slot.
     async fn begin(&self, job: &Job) -> Result<Ticket, EgressError> {
-        let waiting = self.inner.waiting.fetch_add(1, Ordering::AcqRel);
-        let _waiting = Waiting(&self.inner.waiting);
+        let (_waiting, waiting) = Waiting::counted(&self.inner.waiting);
         if waiting >= self.inner.config.max_waiting {
             return Err(self.reject(EgressError::Overloaded {
                 upstream: self.upstream(),
@@ -849,6 +864,7 @@ impl<S: Store> Egress<S> {
         let shared = self.shared();
         EgressStats {
             waiting: self.inner.waiting.load(Ordering::Acquire),
+            retrying: self.inner.retrying.load(Ordering::Acquire),
             in_flight: shared.concurrency.in_flight(),
             concurrency_limit: shared.concurrency.limit(),
             pace: self.inner.pacer.view(now),
@@ -907,8 +923,20 @@ enum Finished {
     },
 }
 
-/// Counts a call as waiting until it is dropped, whichever way `begin` returns.
+/// Counts a call in a gauge until it is dropped, whichever way the wait ends.
 struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(gauge: &'a AtomicUsize) -> Self {
+        Self::counted(gauge).0
+    }
+
+    /// Also returns how many were counted before this one.
+    fn counted(gauge: &'a AtomicUsize) -> (Self, usize) {
+        let before = gauge.fetch_add(1, Ordering::AcqRel);
+        (Self(gauge), before)
+    }
+}
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {

@@ -288,8 +288,21 @@ async fn retry_after_is_honoured_exactly() {
             retry_after: Some(Duration::from_millis(2_500)),
         },
     );
-    let answer = chat(&egress, &s.upstream, &chat_job()).await.unwrap();
+    let call = {
+        let (egress, upstream) = (egress.clone(), s.upstream.clone());
+        tokio::spawn(async move { chat(&egress, &upstream, &chat_job()).await })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let backing_off = egress.stats();
+    assert_eq!((backing_off.retrying, backing_off.waiting), (1, 0));
+    assert_eq!(backing_off.throttle_rate(), 1.0);
+    let answer = call.await.unwrap().unwrap();
     assert_eq!(answer.status(), 200);
+    let done = egress.stats();
+    assert_eq!(
+        (done.retrying, done.retried, done.throttle_rate()),
+        (0, 1, 0.5)
+    );
     let log = s.upstream.log();
     assert_eq!(log.len(), 2);
     assert_eq!(
