@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::Response;
+use http::{HeaderMap, Response, StatusCode};
 use sluice_core::{
     Backoff, BreakerConfig, BreakerState, CircuitBreaker, Clock, Nanos, Permit, backoff::after_hint,
 };
@@ -483,57 +483,89 @@ impl<S: Store> Egress<S> {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<Response<Bytes>, SendError>>,
     {
-        let config = &self.inner.config.retry;
+        let timeout = self.inner.config.retry.attempt_timeout;
         let started = self.now();
-        let rules = RetryRules {
-            retry_non_idempotent: config.retry_non_idempotent,
-        };
-        let mut attempt: u32 = 0;
+        let mut attempts: u32 = 0;
         loop {
-            attempt += 1;
-            if attempt > 1 {
-                self.inner.counters.retried.fetch_add(1, Ordering::Relaxed);
-            }
-            let guard = Guard {
-                egress: self,
-                ticket: Some(self.begin(job).await?),
-            };
-            let sent_at = self.now();
-            let result = match tokio::time::timeout(config.attempt_timeout, send()).await {
+            attempts += 1;
+            let attempt = self.attempt(job).await?;
+            let result = match tokio::time::timeout(timeout, send()).await {
                 Ok(result) => result,
                 Err(_) => Err(SendError {
                     class: ErrorClass::Timeout,
-                    source: format!("no answer within {:?}", config.attempt_timeout).into(),
+                    source: format!("no answer within {timeout:?}").into(),
                 }),
             };
-            let Some(ticket) = guard.take() else {
-                unreachable!("the guard holds the ticket until here")
-            };
-            let finished = self.finish(ticket, job, &result, sent_at).await;
-            let (class, should_retry, hint) = match finished {
-                Finished::Done => {
-                    return result.map_err(|source| self.send_failed(attempt, source));
+            let report = match &result {
+                Ok(response) => {
+                    attempt
+                        .answered(response.status(), response.headers(), Some(response.body()))
+                        .await
                 }
-                Finished::Failed {
-                    class,
-                    should_retry,
-                    hint,
-                } => (class, should_retry, hint),
+                Err(error) => attempt.failed(error).await,
             };
-            let retryable = may_retry(class, job.idempotency, &rules, should_retry);
-            let wait = match hint {
-                Some(hint) => after_hint(hint, config.retry_after_spread, fastrand::f64()),
-                None => config.backoff.full_jitter(attempt - 1, fastrand::f64()),
-            };
-            let elapsed = self.now().saturating_since(started);
-            if !retryable || attempt >= config.max_attempts || elapsed + wait > config.max_elapsed {
-                tracing::debug!(upstream = %self.inner.config.upstream, class = class.name(), attempt, retryable, "giving up");
-                return result.map_err(|source| self.send_failed(attempt, source));
+            match self.next_step(job, attempts, started, &report) {
+                NextStep::Done | NextStep::GiveUp => {
+                    return result.map_err(|source| self.send_failed(attempts, source));
+                }
+                NextStep::RetryAfter(wait) => {
+                    let _retrying = Waiting::new(&self.inner.retrying);
+                    tokio::time::sleep(wait).await;
+                }
             }
-            tracing::debug!(upstream = %self.inner.config.upstream, class = class.name(), attempt, wait_ms = wait.as_millis(), "retrying");
-            let _retrying = Waiting::new(&self.inner.retrying);
-            tokio::time::sleep(wait).await;
         }
+    }
+
+    /// Waits until one attempt of `job` may be sent (circuit, quota, pace, a concurrency
+    /// slot), for callers that send it themselves, such as a proxy relaying a streamed
+    /// answer. Report how it went with [`Attempt::answered`] or [`Attempt::failed`], then
+    /// ask [`next_step`](Self::next_step); dropping the attempt unreported gives back its
+    /// slot and probe and learns nothing. [`execute`](Self::execute) is this loop.
+    pub async fn attempt<'a>(&'a self, job: &'a Job) -> Result<Attempt<'a, S>, EgressError> {
+        let ticket = self.begin(job).await?;
+        Ok(Attempt {
+            job,
+            sent_at: self.now(),
+            guard: Guard {
+                egress: self,
+                ticket: Some(ticket),
+            },
+        })
+    }
+
+    /// What to do after attempt number `attempts` (1 for the first) of a call that began
+    /// at `started` was reported: done, retry after a wait, or give up (not retryable, or
+    /// out of attempts or time).
+    pub fn next_step(
+        &self,
+        job: &Job,
+        attempts: u32,
+        started: Nanos,
+        report: &AttemptReport<'_, S>,
+    ) -> NextStep {
+        let Some(class) = report.failure else {
+            return NextStep::Done;
+        };
+        let config = &self.inner.config.retry;
+        let rules = RetryRules {
+            retry_non_idempotent: config.retry_non_idempotent,
+        };
+        let retryable = may_retry(class, job.idempotency, &rules, report.should_retry);
+        let wait = match report.retry_after {
+            Some(hint) => after_hint(hint, config.retry_after_spread, fastrand::f64()),
+            None => config
+                .backoff
+                .full_jitter(attempts.saturating_sub(1), fastrand::f64()),
+        };
+        let elapsed = self.now().saturating_since(started);
+        let upstream = &self.inner.config.upstream;
+        if !retryable || attempts >= config.max_attempts || elapsed + wait > config.max_elapsed {
+            tracing::debug!(%upstream, class = class.name(), attempts, retryable, "giving up");
+            return NextStep::GiveUp;
+        }
+        tracing::debug!(%upstream, class = class.name(), attempts, wait_ms = wait.as_millis(), "retrying");
+        self.inner.counters.retried.fetch_add(1, Ordering::Relaxed);
+        NextStep::RetryAfter(wait)
     }
 
     /// [`execute`](Self::execute), shared with identical calls in flight: while a call with
@@ -720,14 +752,14 @@ impl<S: Store> Egress<S> {
         }
     }
 
-    /// Learns from one attempt's result and says whether it needs another.
+    /// Learns from one attempt's answer (or failure to get one).
     async fn finish(
         &self,
         ticket: Ticket,
         job: &Job,
-        result: &Result<Response<Bytes>, SendError>,
+        answer: Answer<'_>,
         sent_at: Nanos,
-    ) -> Finished {
+    ) -> AttemptReport<'_, S> {
         let Ticket {
             paced,
             slot,
@@ -736,24 +768,28 @@ impl<S: Store> Egress<S> {
         let now = self.now();
         let latency = now.saturating_since(sent_at);
         let counters = &self.inner.counters;
-        let (outcome, signals, used) = match result {
-            Ok(response) => {
-                let signals = UpstreamSignals::read(response.status(), response.headers(), now);
-                let outcome = classify_status(response.status(), Some(response.body()));
+        let (outcome, signals, used) = match answer {
+            Answer::Head {
+                status,
+                headers,
+                body,
+            } => {
+                let signals = UpstreamSignals::read(status, headers, now);
+                let outcome = classify_status(status, body);
                 let used = match outcome {
-                    Outcome::Success => reported_tokens(response.body()).unwrap_or(job.tokens),
+                    Outcome::Success => body.and_then(reported_tokens),
                     // Refused answers did not use the tokens.
-                    Outcome::Failure(_) => 0,
+                    Outcome::Failure(_) => Some(0),
                 };
                 (outcome, Some(signals), used)
             }
-            Err(e) => {
+            Answer::Failed(e) => {
                 // A refused connection never reached the upstream; anything else may have.
-                let used = if e.class == ErrorClass::Connect {
+                let used = Some(if e.class == ErrorClass::Connect {
                     0
                 } else {
                     job.tokens
-                };
+                });
                 (Outcome::Failure(e.class), None, used)
             }
         };
@@ -766,7 +802,9 @@ impl<S: Store> Egress<S> {
                 Some(signals) => shared.quota.observe(signals, now),
                 None => Vec::new(),
             };
-            events.extend(shared.quota.record_settled(job.tokens, used, now));
+            if let Some(used) = used {
+                events.extend(shared.quota.record_settled(job.tokens, used, now));
+            }
             match outcome {
                 Outcome::Success => {
                     shared.concurrency.on_success(slot, latency, now);
@@ -794,19 +832,34 @@ impl<S: Store> Egress<S> {
             self.inner.slot_freed.notify_one();
         }
         log_events(&self.inner.config.upstream, &events);
-        if let Err(e) = self.inner.pacer.settle(&paced, used).await {
-            tracing::warn!(upstream = %self.inner.config.upstream, error = %e, "could not settle the tokens of a call");
-        }
+        // A streamed answer's usage comes at its end: the caller settles it then.
+        let settlement = Settlement {
+            egress: self,
+            paced,
+            estimate: job.tokens,
+        };
+        let settlement = match used {
+            Some(used) => {
+                settlement.settle(used, false).await;
+                None
+            }
+            None => Some(settlement),
+        };
         match outcome {
             Outcome::Success => {
                 self.inner.pacer.on_success(now);
                 counters.succeeded.fetch_add(1, Ordering::Relaxed);
-                Finished::Done
+                AttemptReport {
+                    failure: None,
+                    should_retry: None,
+                    retry_after: None,
+                    settlement,
+                }
             }
             Outcome::Failure(class) => {
                 counters.failed.fetch_add(1, Ordering::Relaxed);
                 let signals = signals.unwrap_or_else(|| {
-                    UpstreamSignals::read(http::StatusCode::OK, &http::HeaderMap::new(), now)
+                    UpstreamSignals::read(StatusCode::OK, &HeaderMap::new(), now)
                 });
                 match class {
                     ErrorClass::RateLimited => {
@@ -824,10 +877,11 @@ impl<S: Store> Egress<S> {
                     }
                     _ => {}
                 }
-                Finished::Failed {
-                    class,
+                AttemptReport {
+                    failure: Some(class),
                     should_retry: signals.should_retry,
-                    hint: signals.retry_after,
+                    retry_after: signals.retry_after,
+                    settlement,
                 }
             }
         }
@@ -914,13 +968,134 @@ impl<S> Drop for Guard<'_, S> {
     }
 }
 
-enum Finished {
-    Done,
-    Failed {
-        class: ErrorClass,
-        should_retry: Option<bool>,
-        hint: Option<Duration>,
+/// What an attempt got back.
+enum Answer<'b> {
+    /// An HTTP answer: its head, and its body when it was read whole.
+    Head {
+        status: StatusCode,
+        headers: &'b HeaderMap,
+        body: Option<&'b [u8]>,
     },
+    /// No answer.
+    Failed(&'b SendError),
+}
+
+/// One attempt in progress, from [`Egress::attempt`]: it holds its pace reservation, its
+/// concurrency slot and, while the circuit is half-open, its probe.
+#[must_use = "report the attempt with answered() or failed()"]
+pub struct Attempt<'a, S: Store> {
+    job: &'a Job,
+    sent_at: Nanos,
+    guard: Guard<'a, S>,
+}
+
+impl<S: Store> std::fmt::Debug for Attempt<'_, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attempt")
+            .field("sent_at", &self.sent_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a, S: Store> Attempt<'a, S> {
+    /// The upstream answered `status` with `headers`. Pass the `body` when it was read
+    /// whole (its usage settles the tokens, and its wording tells a spent quota from a
+    /// rate limit); pass `None` while it streams, and settle the tokens with the report's
+    /// [`settlement`](AttemptReport::settlement) when it ends.
+    pub async fn answered(
+        self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: Option<&[u8]>,
+    ) -> AttemptReport<'a, S> {
+        let answer = Answer::Head {
+            status,
+            headers,
+            body,
+        };
+        self.report(answer).await
+    }
+
+    /// The attempt got no answer.
+    pub async fn failed(self, error: &SendError) -> AttemptReport<'a, S> {
+        self.report(Answer::Failed(error)).await
+    }
+
+    async fn report(self, answer: Answer<'_>) -> AttemptReport<'a, S> {
+        let Self {
+            job,
+            sent_at,
+            guard,
+        } = self;
+        let egress = guard.egress;
+        let Some(ticket) = guard.take() else {
+            unreachable!("an attempt holds its ticket until it is reported")
+        };
+        egress.finish(ticket, job, answer, sent_at).await
+    }
+}
+
+/// How an attempt went, as [`Egress::next_step`] needs it.
+#[derive(Debug)]
+pub struct AttemptReport<'a, S: Store> {
+    /// The failure's class; `None` for a success.
+    pub failure: Option<ErrorClass>,
+    /// The upstream's `x-should-retry`.
+    pub should_retry: Option<bool>,
+    /// The upstream's `Retry-After` (or `retry-after-ms`).
+    pub retry_after: Option<Duration>,
+    /// The tokens still to settle, when the answer's body was not given (it streams).
+    pub settlement: Option<Settlement<'a, S>>,
+}
+
+/// The tokens of a streamed answer, settled when its usage is known.
+#[must_use = "settle the tokens when the answer ends; dropped, the estimate stays charged"]
+pub struct Settlement<'a, S: Store> {
+    egress: &'a Egress<S>,
+    paced: Paced,
+    estimate: u64,
+}
+
+impl<S: Store> std::fmt::Debug for Settlement<'_, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settlement")
+            .field("estimate", &self.estimate)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Store> Settlement<'_, S> {
+    /// Corrects the call's tokens to `used` (its estimate when the answer reported none).
+    pub async fn settle_to(self, used: Option<u64>) {
+        let used = used.unwrap_or(self.estimate);
+        self.settle(used, true).await;
+    }
+
+    async fn settle(self, used: u64, count: bool) {
+        let egress = self.egress;
+        if count {
+            let now = egress.now();
+            let events = egress
+                .shared()
+                .quota
+                .record_settled(self.estimate, used, now);
+            log_events(&egress.inner.config.upstream, &events);
+        }
+        if let Err(e) = egress.inner.pacer.settle(&self.paced, used).await {
+            tracing::warn!(upstream = %egress.inner.config.upstream, error = %e, "could not settle the tokens of a call");
+        }
+    }
+}
+
+/// What [`Egress::next_step`] advises after an attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NextStep {
+    /// It succeeded.
+    Done,
+    /// Try again after this wait.
+    RetryAfter(Duration),
+    /// It failed, and another attempt is not allowed or not worth it.
+    GiveUp,
 }
 
 /// Counts a call in a gauge until it is dropped, whichever way the wait ends.

@@ -690,3 +690,48 @@ async fn identical_concurrent_calls_share_one_upstream_call() {
     assert_eq!(s.upstream.stats().requests, 1);
     assert_eq!(egress.stats().coalesced, 19);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_streamed_answer_is_settled_when_it_ends() {
+    let s = setup(FakeUpstreamConfig::default());
+    let mut config = EgressConfig::new("fake");
+    config.quota.tokens_per_day = Some(1_000_000);
+    let egress = client(&s, config);
+    let tokens_today = |egress: &Egress| {
+        egress
+            .stats()
+            .quota
+            .iter()
+            .find(|u| u.dimension == sluice_egress::quota::Dimension::TokensPerDay)
+            .map(|u| u.used)
+    };
+    let job = chat_job();
+    let started = s.clock.now();
+    let attempt = egress.attempt(&job).await.unwrap();
+    let answer = s
+        .upstream
+        .handle(chat_request(PROMPT, Some(MAX_TOKENS)))
+        .await
+        .unwrap();
+    // The head arrives; the body streams on.
+    let report = attempt
+        .answered(answer.status(), answer.headers(), None)
+        .await;
+    assert_eq!(report.failure, None);
+    assert_eq!(
+        egress.next_step(&job, 1, started, &report),
+        sluice_egress::client::NextStep::Done
+    );
+    assert_eq!(
+        tokens_today(&egress),
+        Some(estimate()),
+        "the estimate stands while it streams"
+    );
+    report
+        .settlement
+        .expect("a streamed answer has tokens to settle")
+        .settle_to(Some(42))
+        .await;
+    assert_eq!(tokens_today(&egress), Some(42));
+    assert_eq!(egress.stats().in_flight, 0);
+}
