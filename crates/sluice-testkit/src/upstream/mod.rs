@@ -687,7 +687,7 @@ impl State {
             None => models_body(),
         };
         let response = with_quota_headers(
-                self.config.quota_headers,
+            self.config.quota_headers,
             json_response(StatusCode::OK, &body, id),
             decisions[0].1,
             decisions[1].1,
@@ -711,7 +711,11 @@ fn with_quota_headers(
     tokens: Option<Decision>,
     retry_after: Option<Duration>,
 ) -> Response<Bytes> {
-    let (requests, tokens) = if quota_headers { (requests, tokens) } else { (None, None) };
+    let (requests, tokens) = if quota_headers {
+        (requests, tokens)
+    } else {
+        (None, None)
+    };
     let signals = UpstreamSignals {
         requests: dimension(requests),
         tokens: dimension(tokens),
