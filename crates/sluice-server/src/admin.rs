@@ -6,7 +6,7 @@
 //! token cannot be guessed quickly. The dashboard page is public: it holds no data and asks
 //! for the token, which it keeps only for the browser tab.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::Router;
@@ -21,7 +21,8 @@ use sluice_core::{Key, Policy};
 use sluice_store::{Limit, MemoryStore};
 
 use crate::backend::Backend;
-use crate::config::Rule;
+use crate::config::{Config, Rule};
+use crate::hot::Rank;
 use crate::http::{Json, json_response, problem};
 use crate::limiter::{AdminError, LimitError, Limiter};
 use crate::overrides::{DescriptorRef, Override, OverrideRequest};
@@ -43,8 +44,13 @@ const HOT_KEYS: usize = 20;
 /// Admin calls per second across all clients (GCRA, bursts of 50).
 const ADMIN_RATE: &str = "20/s";
 
-/// Per-second request counts of each domain over the last [`SERIES_LEN`] seconds, sampled
-/// from the cumulative counters by a background task (nothing on the decision path).
+/// Per-second counts over the last [`SERIES_LEN`] seconds, sampled from the cumulative
+/// counters by a task once a second (nothing on the decision path): the requests of each
+/// domain (`allowed`, `limited`, and `shadow`: allowed but over a shadow-mode limit), and
+/// the units of each configured limit (`allowed`: units the limit admitted, `limited`: units
+/// it refused, `shadow`: units it would have refused in shadow mode). There is one limit
+/// series per rule of the serving configuration (so their number is bounded by it); a rule
+/// that a reload removes loses its series.
 #[derive(Debug, Default)]
 pub struct Series {
     inner: Mutex<SeriesInner>,
@@ -53,43 +59,131 @@ pub struct Series {
 #[derive(Debug, Default)]
 struct SeriesInner {
     end_ms: u64,
+    domains: Rings,
+    limits: Rings,
+}
+
+/// Per-interval differences of cumulative `[u64; 3]` counters, one ring per name.
+#[derive(Debug, Default)]
+struct Rings {
     last: HashMap<String, [u64; 3]>,
     rings: BTreeMap<String, VecDeque<[u64; 3]>>,
 }
 
-impl Series {
-    /// Records one interval: the difference between `totals` and the previous sample.
-    pub fn sample(&self, totals: &[(String, [u64; 3])], now_ms: u64) {
-        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        inner.end_ms = now_ms;
-        for (domain, counts) in totals {
-            let previous = inner.last.insert(domain.clone(), *counts).unwrap_or([0; 3]);
-            let delta = [0, 1, 2].map(|i| counts[i].saturating_sub(previous[i]));
-            let ring = inner
+impl Rings {
+    /// Records the difference between `counts` and the previous sample of `name`.
+    fn push(&mut self, name: &str, counts: [u64; 3]) {
+        let previous = self.remember(name, counts);
+        let delta = [0, 1, 2].map(|i| counts[i].saturating_sub(previous[i]));
+        let ring = match self.rings.get_mut(name) {
+            Some(ring) => ring,
+            None => self
                 .rings
-                .entry(domain.clone())
-                .or_insert_with(|| VecDeque::from(vec![[0; 3]; SERIES_LEN]));
-            ring.push_back(delta);
-            while ring.len() > SERIES_LEN {
-                ring.pop_front();
+                .entry(name.to_owned())
+                .or_insert_with(|| VecDeque::from(vec![[0; 3]; SERIES_LEN])),
+        };
+        ring.push_back(delta);
+        while ring.len() > SERIES_LEN {
+            ring.pop_front();
+        }
+    }
+
+    /// Keeps `counts` as the last sample of `name`; returns the previous one.
+    fn remember(&mut self, name: &str, counts: [u64; 3]) -> [u64; 3] {
+        match self.last.get_mut(name) {
+            Some(last) => std::mem::replace(last, counts),
+            None => {
+                self.last.insert(name.to_owned(), counts);
+                [0; 3]
             }
         }
     }
 
-    fn to_json(&self) -> Value {
-        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        let domains: serde_json::Map<String, Value> = inner
-            .rings
+    /// The rings as `{name: {allowed, limited, shadow}}`, without those all zero when
+    /// `skip_idle`.
+    fn to_json(&self, skip_idle: bool) -> serde_json::Map<String, Value> {
+        self.rings
             .iter()
-            .map(|(domain, ring)| {
+            .filter(|(_, ring)| !skip_idle || ring.iter().any(|c| c.iter().any(|n| *n > 0)))
+            .map(|(name, ring)| {
                 let column = |i: usize| ring.iter().map(|c| c[i]).collect::<Vec<u64>>();
                 (
-                    domain.clone(),
+                    name.clone(),
                     json!({"allowed": column(0), "limited": column(1), "shadow": column(2)}),
                 )
             })
-            .collect();
-        json!({"interval_s": 1, "end_unix_ms": inner.end_ms, "domains": domains})
+            .collect()
+    }
+}
+
+/// One limit's cumulative units, as [`Series::sample`] takes them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LimitSample {
+    /// The rule's id.
+    pub id: String,
+    /// Units it admitted, refused, and would have refused in shadow mode, so far.
+    pub counts: [u64; 3],
+    /// Whether the serving configuration has the rule: only those keep a series.
+    pub configured: bool,
+}
+
+/// Every limit the metrics have counted, from their per-rule totals
+/// (`[hits, over_limit, near_limit, shadow_over_limit]`), marked by whether `config` has it.
+pub fn limit_samples(config: &Config, rule_totals: &HashMap<String, [u64; 4]>) -> Vec<LimitSample> {
+    let configured: HashSet<&str> = config.rules().iter().map(|r| r.id.as_str()).collect();
+    rule_totals
+        .iter()
+        .map(|(id, [hits, over, _, shadow_over])| LimitSample {
+            id: id.clone(),
+            counts: [
+                hits.saturating_sub(over.saturating_add(*shadow_over)),
+                *over,
+                *shadow_over,
+            ],
+            configured: configured.contains(id.as_str()),
+        })
+        .collect()
+}
+
+impl Series {
+    /// Records one interval: the difference between the cumulative counts (`[allowed,
+    /// limited, shadow]` of each domain, and of each limit) and the previous sample. Limits
+    /// no longer `configured` lose their series (their last counts are kept, so that a rule
+    /// a later reload brings back does not show its whole past as one second).
+    pub fn sample(&self, domains: &[(String, [u64; 3])], limits: &[LimitSample], now_ms: u64) {
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        inner.end_ms = now_ms;
+        for (domain, counts) in domains {
+            inner.domains.push(domain, *counts);
+        }
+        for limit in limits {
+            if limit.configured {
+                inner.limits.push(&limit.id, limit.counts);
+            } else {
+                inner.limits.remember(&limit.id, limit.counts);
+            }
+        }
+        inner
+            .limits
+            .rings
+            .retain(|id, _| limits.iter().any(|l| l.configured && l.id == *id));
+    }
+
+    /// Samples `limiter`'s counters now.
+    pub fn sample_limiter<B: Backend>(&self, limiter: &Limiter<B>) {
+        let metrics = limiter.metrics();
+        let limits = limit_samples(&limiter.config(), &metrics.rule_totals());
+        self.sample(&metrics.domain_totals(), &limits, limiter.wall_ms());
+    }
+
+    fn to_json(&self) -> Value {
+        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        json!({
+            "interval_s": 1,
+            "end_unix_ms": inner.end_ms,
+            "domains": inner.domains.to_json(false),
+            "limits": inner.limits.to_json(true),
+        })
     }
 }
 
@@ -260,12 +354,18 @@ async fn stats<B: Backend>(State(admin): State<Arc<Admin<B>>>) -> Response {
             )
         })
         .collect();
-    let hot = |by_refusals: bool| -> Vec<Value> {
+    let hot = |rank: Rank| -> Vec<Value> {
         limiter
-            .backend()
-            .hot_keys(HOT_KEYS, by_refusals)
+            .hot_keys(HOT_KEYS, rank)
             .into_iter()
-            .map(|k| json!({"key": k.key.as_str(), "hits": k.hits, "refusals": k.refusals}))
+            .map(|k| {
+                json!({
+                    "key": k.key,
+                    "hits": k.hits,
+                    "refusals": k.refusals,
+                    "shadow_refusals": k.shadow_refusals,
+                })
+            })
             .collect()
     };
     let now_ms = limiter.wall_ms();
@@ -289,7 +389,7 @@ async fn stats<B: Backend>(State(admin): State<Arc<Admin<B>>>) -> Response {
             "series": admin.series.to_json(),
             "totals": totals,
             "rules": rules,
-            "hot_keys": {"by_hits": hot(false), "by_refusals": hot(true)},
+            "hot_keys": {"by_hits": hot(Rank::Hits), "by_refusals": hot(Rank::Refusals)},
             "overrides": limiter.overrides().list(now_ms).len(),
         }),
     )
@@ -365,6 +465,7 @@ async fn lookup<B: Backend>(
         rule.as_deref(),
         active.as_ref(),
         limiter.config().has_domain(&descriptor.domain),
+        limiter.wall_ms(),
     );
     json_response(
         StatusCode::OK,
@@ -382,18 +483,20 @@ async fn lookup<B: Backend>(
     )
 }
 
-/// Why a descriptor gets the answer it gets, in one sentence.
+/// Why a descriptor gets the answer it gets, in one sentence (`now_ms`: Unix ms, for an
+/// override's expiry).
 fn explain(
     descriptor: &DescriptorRef,
     rule: Option<&Rule>,
     active: Option<&Override>,
     known_domain: bool,
+    now_ms: u64,
 ) -> String {
     match (rule, active) {
         (Some(_), Some(o)) => {
             let until = o.expires_at_unix_ms.map_or_else(
                 || "no expiry".to_owned(),
-                |ms| format!("until unix ms {ms}"),
+                |ms| format!("until {}, {}", rfc3339_utc(ms), from_now(ms, now_ms)),
             );
             let what = match o.action {
                 crate::overrides::Action::Blocked => "blocks every request".to_owned(),
@@ -435,6 +538,56 @@ fn explain(
         ),
         (None, _) => "no rule matches these entries at this depth: every request passes".to_owned(),
     }
+}
+
+/// `unix_ms` as an RFC 3339 UTC timestamp to the second: `2026-11-26T12:00:00Z`.
+fn rfc3339_utc(unix_ms: u64) -> String {
+    let secs = unix_ms / 1000;
+    let (days, of_day) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        of_day / 3600,
+        of_day % 3600 / 60,
+        of_day % 60
+    )
+}
+
+/// The proleptic Gregorian date `days` after 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`, for non-negative days).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+/// How far `at_ms` is from `now_ms`, in the two largest units: `in 59m 59s`, `in 2d 4h`,
+/// or `already passed`.
+fn from_now(at_ms: u64, now_ms: u64) -> String {
+    if at_ms <= now_ms {
+        return "already passed".to_owned();
+    }
+    let secs = (at_ms - now_ms).div_ceil(1000);
+    let units = [(86_400, "d"), (3600, "h"), (60, "m"), (1, "s")];
+    let Some(first) = units.iter().position(|(size, _)| secs >= *size) else {
+        return "in 0s".to_owned();
+    };
+    let (size, unit) = units[first];
+    let mut text = format!("in {}{unit}", secs / size);
+    if let Some((next, next_unit)) = units.get(first + 1) {
+        let rest = secs % size / next;
+        if rest > 0 {
+            text.push_str(&format!(" {rest}{next_unit}"));
+        }
+    }
+    text
 }
 
 fn admin_error(err: &AdminError) -> Response {
@@ -490,8 +643,8 @@ mod tests {
     #[test]
     fn series_keep_per_interval_differences() {
         let series = Series::default();
-        series.sample(&[("api".to_owned(), [5, 1, 0])], 1_000);
-        series.sample(&[("api".to_owned(), [9, 1, 2])], 2_000);
+        series.sample(&[("api".to_owned(), [5, 1, 0])], &[], 1_000);
+        series.sample(&[("api".to_owned(), [9, 1, 2])], &[], 2_000);
         let json = series.to_json();
         let allowed = json["domains"]["api"]["allowed"].as_array().unwrap();
         assert_eq!(allowed.len(), SERIES_LEN);
@@ -499,5 +652,120 @@ mod tests {
         assert_eq!(allowed[SERIES_LEN - 1], 4);
         assert_eq!(json["domains"]["api"]["shadow"][SERIES_LEN - 1], 2);
         assert_eq!(json["end_unix_ms"], 2_000);
+    }
+
+    fn limit(id: &str, counts: [u64; 3], configured: bool) -> LimitSample {
+        LimitSample {
+            id: id.to_owned(),
+            counts,
+            configured,
+        }
+    }
+
+    #[test]
+    fn limit_series_follow_the_configuration() {
+        let series = Series::default();
+        let column = |json: &Value, id: &str, name: &str| -> Vec<u64> {
+            let values = json["limits"][id][name]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            values.iter().map(|v| v.as_u64().unwrap()).collect()
+        };
+        series.sample(&[], &[limit("api.user", [3, 0, 0], true)], 1_000);
+        series.sample(
+            &[],
+            &[
+                limit("api.user", [5, 2, 0], true),
+                limit("api.ip", [0, 0, 0], true),
+            ],
+            2_000,
+        );
+        let json = series.to_json();
+        let allowed = column(&json, "api.user", "allowed");
+        assert_eq!(
+            (
+                allowed.len(),
+                allowed[SERIES_LEN - 2],
+                allowed[SERIES_LEN - 1]
+            ),
+            (SERIES_LEN, 3, 2)
+        );
+        assert_eq!(column(&json, "api.user", "limited")[SERIES_LEN - 1], 2);
+        assert!(
+            json["limits"]["api.ip"].is_null(),
+            "idle limits are left out: {json}"
+        );
+        // A reload drops api.user: its series goes; when it comes back, only new units show.
+        series.sample(&[], &[limit("api.user", [9, 2, 0], false)], 3_000);
+        assert!(series.to_json()["limits"]["api.user"].is_null());
+        series.sample(&[], &[limit("api.user", [10, 2, 0], true)], 4_000);
+        let json = series.to_json();
+        assert_eq!(column(&json, "api.user", "allowed").iter().sum::<u64>(), 1);
+    }
+
+    #[test]
+    fn limit_samples_split_hits_into_allowed_limited_and_shadow() {
+        let config = Config::parse(
+            "domain: api\ndescriptors:\n  - key: user\n    rate_limit: {unit: hour, requests_per_unit: 3}\n",
+            "api.yaml",
+        )
+        .unwrap();
+        let totals = HashMap::from([
+            ("api.user".to_owned(), [10, 4, 1, 0]),
+            ("api.gone".to_owned(), [7, 0, 0, 5]),
+        ]);
+        let mut samples = limit_samples(&config, &totals);
+        samples.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(
+            samples,
+            [
+                limit("api.gone", [2, 0, 5], false),
+                limit("api.user", [6, 4, 0], true)
+            ]
+        );
+    }
+
+    #[test]
+    fn times_are_rfc3339_utc_and_relative() {
+        assert_eq!(rfc3339_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339_utc(951_782_399_999), "2000-02-28T23:59:59Z");
+        assert_eq!(rfc3339_utc(951_782_400_000), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339_utc(1_798_286_400_000), "2026-12-26T12:00:00Z");
+        assert_eq!(rfc3339_utc(4_107_542_400_000), "2100-03-01T00:00:00Z");
+        let now = 1_790_000_000_000;
+        assert_eq!(from_now(now + 3_540_000, now), "in 59m");
+        assert_eq!(from_now(now + 3_599_001, now), "in 1h");
+        assert_eq!(from_now(now + 3_598_500, now), "in 59m 59s");
+        assert_eq!(from_now(now + 42_000, now), "in 42s");
+        assert_eq!(from_now(now + 1, now), "in 1s");
+        assert_eq!(
+            from_now(now + 2 * 86_400_000 + 4 * 3_600_000 + 5_000, now),
+            "in 2d 4h"
+        );
+        assert_eq!(from_now(now, now), "already passed");
+    }
+
+    #[test]
+    fn an_override_explains_its_expiry_as_a_time() {
+        use crate::overrides::OverrideRequest;
+        let request: OverrideRequest = serde_json::from_value(json!({
+            "domain": "api", "entries": [{"key": "user", "value": "42"}],
+            "action": "blocked", "ttl_s": 3600,
+        }))
+        .unwrap();
+        let now = 1_795_694_400_000;
+        let o = request.into_override(now).unwrap();
+        let rule = o.rule().unwrap();
+        let descriptor: DescriptorRef = serde_json::from_value(json!({
+            "domain": "api", "entries": [{"key": "user", "value": "42"}],
+        }))
+        .unwrap();
+        let text = explain(&descriptor, Some(&rule), Some(&o), true, now + 60_000);
+        assert!(
+            text.contains("until 2026-11-26T13:00:00Z, in 59m"),
+            "{text}"
+        );
+        assert!(!text.contains("unix"), "{text}");
     }
 }

@@ -3,7 +3,7 @@
 
 use sluice_core::BreakerState;
 use sluice_redis::RedisStore;
-use sluice_store::{FallbackStore, HotKey, MemoryStore, Store};
+use sluice_store::{FallbackStore, MemoryStore, Store};
 
 /// A [`Store`] the server can run on: it also reports its health and is swept now and then.
 pub trait Backend: Store {
@@ -15,13 +15,6 @@ pub trait Backend: Store {
 
     /// Housekeeping the server runs every few seconds (e.g. dropping expired states).
     fn sweep(&self) {}
-
-    /// The `n` hottest keys decided by this process, by hits or by refusals (empty when the
-    /// store does not track them).
-    fn hot_keys(&self, n: usize, by_refusals: bool) -> Vec<HotKey> {
-        let _ = (n, by_refusals);
-        Vec::new()
-    }
 }
 
 /// What a store says about itself.
@@ -55,14 +48,6 @@ impl Backend for MemoryStore {
 
     fn sweep(&self) {
         self.remove_expired();
-    }
-
-    fn hot_keys(&self, n: usize, by_refusals: bool) -> Vec<HotKey> {
-        if by_refusals {
-            self.hot_keys_by_refusals(n)
-        } else {
-            Self::hot_keys(self, n)
-        }
     }
 }
 

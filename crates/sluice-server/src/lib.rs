@@ -9,6 +9,7 @@
 //!   checks, shadow mode, reservations, metrics).
 //! - [`http`] and [`grpc`]: the two protocols, thin translations to and from [`request`]
 //!   and [`limiter`] types.
+//! - [`hot`]: hot keys, sampled from the decisions whatever the store.
 //! - [`reload`]: hot reload of the configuration; [`server`]: building the store the
 //!   configuration names and running both listeners until shutdown.
 //!
@@ -25,6 +26,7 @@ pub mod admin;
 pub mod backend;
 pub mod config;
 pub mod grpc;
+pub mod hot;
 pub mod http;
 pub mod limiter;
 pub mod metrics;

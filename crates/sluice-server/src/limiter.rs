@@ -19,6 +19,7 @@ use sluice_store::{Limit, Reservation};
 
 use crate::backend::Backend;
 use crate::config::{Config, Rule};
+use crate::hot::{HotKey, HotKeys, Rank, Seen};
 use crate::metrics::{Metrics, RequestResult, RuleHit, UNKNOWN_DOMAIN};
 use crate::overrides::{
     DescriptorRef, Override, OverrideRequest, OverrideSet, OverrideStore, OverrideStoreError,
@@ -132,6 +133,7 @@ pub struct Limiter<B> {
     version: AtomicU64,
     backend: B,
     metrics: Metrics,
+    hot: HotKeys,
     reservations: Reservations,
     clock: MonotonicClock,
     overrides: ArcSwap<OverrideSet>,
@@ -219,6 +221,7 @@ impl<B: Backend> Limiter<B> {
             version: AtomicU64::new(1),
             backend,
             metrics,
+            hot: HotKeys::default(),
             reservations: Reservations::new(MAX_RESERVATIONS),
             clock: MonotonicClock::new(),
             overrides: ArcSwap::from_pointee(OverrideSet::default()),
@@ -400,6 +403,18 @@ impl<B: Backend> Limiter<B> {
         &self.metrics
     }
 
+    /// The `n` keys this process decided most often (or refused most often, by an enforcing
+    /// limit) over the last one to two minutes, from a sample of the requests.
+    pub fn hot_keys(&self, n: usize, rank: Rank) -> Vec<HotKey> {
+        self.hot.top(n, rank, self.clock.now())
+    }
+
+    /// Adapts the hot keys' sampling to the request rate since the last call; the server
+    /// calls this once a second.
+    pub fn adapt_hot_keys(&self) {
+        self.hot.adapt(self.metrics.requests());
+    }
+
     /// The `/metrics` text.
     pub fn render_metrics(&self) -> String {
         self.metrics
@@ -441,6 +456,7 @@ impl<B: Backend> Limiter<B> {
         }
 
         let outcome = self.outcome(&matched, decisions);
+        self.sample_hot(&matched, &outcome.statuses);
         let shadowed = outcome.statuses.iter().any(|s| {
             s.rule.as_ref().is_some_and(|r| r.shadow_mode) && s.decision.is_some_and(|d| !d.allowed)
         });
@@ -470,6 +486,7 @@ impl<B: Backend> Limiter<B> {
         let matched = self.matched(&config, request)?;
         if matched.blocks() {
             let outcome = self.outcome(&matched, matched.blocked_decisions());
+            self.sample_hot(&matched, &outcome.statuses);
             return Ok(ReserveOutcome {
                 granted: false,
                 id: None,
@@ -493,6 +510,7 @@ impl<B: Backend> Limiter<B> {
             decisions[*i] = Some(*decision);
         }
         let outcome = self.outcome(&matched, decisions);
+        self.sample_hot(&matched, &outcome.statuses);
         let (granted, wait) = (reservation.granted(), reservation.wait);
         let id = if granted {
             let period = limits
@@ -628,6 +646,24 @@ impl<B: Backend> Limiter<B> {
             })
             .collect();
         Outcome { code, statuses }
+    }
+
+    /// Records the request's keys in the hot keys, if it is sampled: each key with a
+    /// decision, refused only when an enforcing limit refused it.
+    fn sample_hot(&self, matched: &Matched, statuses: &[Status]) {
+        let Some(weight) = self.hot.sample() else {
+            return;
+        };
+        let seen = matched
+            .keys
+            .iter()
+            .zip(statuses)
+            .filter_map(|(key, status)| {
+                let (key, rule, decision) =
+                    (key.as_ref()?, status.rule.as_ref()?, status.decision?);
+                Some((key, Seen::of(decision.allowed, rule.shadow_mode)))
+            });
+        self.hot.record(self.clock.now(), weight, seen);
     }
 
     fn store<T>(&self, result: Result<T, B::Error>) -> Result<T, LimitError> {

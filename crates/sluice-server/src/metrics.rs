@@ -168,6 +168,17 @@ impl Metrics {
         totals
     }
 
+    /// Requests decided so far, in every domain.
+    pub fn requests(&self) -> u64 {
+        read(&self.domains)
+            .values()
+            .map(|c| {
+                let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+                load(&c.allowed) + load(&c.limited) + load(&c.shadow)
+            })
+            .sum()
+    }
+
     /// Units so far per rule id: `[hits, over_limit, near_limit, shadow_over_limit]`.
     pub fn rule_totals(&self) -> HashMap<String, [u64; 4]> {
         read(&self.rules)

@@ -201,10 +201,12 @@ pub async fn run<B: Backend>(
         sweeper.backend().sweep();
         std::future::ready(())
     });
-    // The admin API's per-second series, from the cumulative counters.
+    // The admin API's per-second series (per domain and per limit), from the cumulative
+    // counters; and the hot keys' sampling, to last second's request rate.
     let (sampler, samples) = (Arc::clone(&limiter), Arc::clone(&series));
     every(Duration::from_secs(1), stopped.clone(), move || {
-        samples.sample(&sampler.metrics().domain_totals(), sampler.wall_ms());
+        samples.sample_limiter(&sampler);
+        sampler.adapt_hot_keys();
         std::future::ready(())
     });
     // Overrides other instances set.

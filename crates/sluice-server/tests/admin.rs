@@ -228,7 +228,7 @@ async fn stats_report_totals_rules_hot_keys_and_series() {
     for _ in 0..5 {
         server.post("/v1/check", &user("hot")).await;
     }
-    // Hot keys are sampled (one decision in 16): enough traffic makes one show.
+    // Hot keys are sampled above ~2000 requests a second: enough traffic makes one show.
     for i in 0..64 {
         server
             .post("/v1/check", &user(&format!("cold{}", i % 2)))
@@ -267,6 +267,194 @@ async fn stats_report_totals_rules_hot_keys_and_series() {
     );
     let hot = &stats["hot_keys"]["by_hits"][0];
     assert_eq!(hot["key"], "api|user=hot");
+    server.stop().await;
+}
+
+/// The sum over the window of one column of a per-limit series (0 when there is none).
+fn window_sum(stats: &Value, limit: &str, column: &str) -> u64 {
+    stats["series"]["limits"][limit][column]
+        .as_array()
+        .map_or(0, |values| values.iter().filter_map(Value::as_u64).sum())
+}
+
+/// The first `/admin/v1/stats` answer that satisfies `condition`, polled (the admin API's
+/// own rate limit answers 429 now and then to a client polling this fast: such answers
+/// satisfy nothing and are polled again).
+async fn stats_when(server: &TestServer, condition: impl Fn(&Value) -> bool) -> Value {
+    let found = std::sync::Arc::new(std::sync::Mutex::new(Value::Null));
+    server
+        .wait_until(|client| {
+            let found = std::sync::Arc::clone(&found);
+            let condition = &condition;
+            async move {
+                let (status, stats, _) = client
+                    .call("GET", "/admin/v1/stats", None, Some(ADMIN_TOKEN))
+                    .await;
+                let ok = status == 200 && condition(&stats);
+                if ok {
+                    *found.lock().expect("not poisoned") = stats;
+                }
+                ok
+            }
+        })
+        .await;
+    found.lock().expect("not poisoned").take()
+}
+
+/// `[allowed, limited, shadow]` units of `limit` over the series' window.
+fn limit_sums(stats: &Value, limit: &str) -> [u64; 3] {
+    ["allowed", "limited", "shadow"].map(|column| window_sum(stats, limit, column))
+}
+
+#[tokio::test]
+async fn stats_have_a_live_series_per_limit_that_follows_reloads() {
+    let two_limits = "
+domain: api
+descriptors:
+  - key: user
+    rate_limit: {unit: hour, requests_per_unit: 3, algorithm: gcra}
+  - key: ip
+    shadow_mode: true
+    rate_limit: {unit: hour, requests_per_unit: 1}
+";
+    let server = TestServer::start(two_limits).await;
+    for _ in 0..5 {
+        server.post("/v1/check", &user("7")).await;
+    }
+    for _ in 0..4 {
+        server
+            .post(
+                "/v1/check",
+                &check_body("api", &[&[("ip", "10.0.0.1")]], None),
+            )
+            .await;
+    }
+    // Sampled once a second: every unit shows in the window, under its limit.
+    let stats = stats_when(&server, |stats| {
+        limit_sums(stats, "api.user") == [3, 2, 0] && limit_sums(stats, "api.ip") == [1, 0, 3]
+    })
+    .await;
+    assert_eq!(
+        stats["series"]["limits"]["api.user"]["allowed"]
+            .as_array()
+            .map(Vec::len),
+        Some(120),
+        "{stats}"
+    );
+    // It moves with new traffic.
+    for _ in 0..3 {
+        server.post("/v1/check", &user("8")).await;
+    }
+    stats_when(&server, |stats| limit_sums(stats, "api.user") == [6, 2, 0]).await;
+    // A reload that drops api.ip drops its series; api.user keeps its own.
+    server.write_config(CONFIG);
+    server.wait_for_version(2).await;
+    stats_when(&server, |stats| {
+        stats["series"]["limits"]["api.ip"].is_null() && limit_sums(stats, "api.user")[0] == 6
+    })
+    .await;
+    server.stop().await;
+}
+
+/// Sends `body` to `/v1/check` `n` times.
+async fn checks(server: &TestServer, body: &Value, n: usize) {
+    for _ in 0..n {
+        let (status, answer) = server.post("/v1/check", body).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+}
+
+/// The hot key `key` in `list` (`by_hits` or `by_refusals`), if listed.
+fn hot_key<'s>(stats: &'s Value, list: &str, key: &str) -> Option<&'s Value> {
+    stats["hot_keys"][list]
+        .as_array()
+        .and_then(|keys| keys.iter().find(|k| k["key"] == key))
+}
+
+#[tokio::test]
+async fn hot_keys_are_reported_on_redis_too() {
+    let redis = sluice_testkit::RedisServer::spawn().expect("redis-server starts");
+    let server = TestServer::start_adjusted(CONFIG, |o| o.redis = Some(redis.url())).await;
+    // Every request is recorded at this rate, or (on a fast machine, above ~2000 a second)
+    // one in a few, each counting for as many.
+    checks(&server, &user("hot"), 200).await;
+    for i in 0..40 {
+        checks(&server, &user(&format!("cold{i}")), 1).await;
+    }
+    let (status, stats) = server.admin("GET", "/admin/v1/stats", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(stats["store"]["kind"], "redis", "{stats}");
+    let top = &stats["hot_keys"]["by_hits"][0];
+    assert_eq!(top["key"], "api|user=hot", "{stats}");
+    let hits = top["hits"].as_u64().expect("hits");
+    assert!((100..=400).contains(&hits), "about 200: {top}");
+    let refused = hot_key(&stats, "by_refusals", "api|user=hot").expect("refused: {stats}");
+    assert!(refused["refusals"].as_u64() > Some(0), "{refused}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn shadow_mode_refusals_are_not_refusals_in_hot_keys() {
+    let config = "
+domain: api
+descriptors:
+  - key: user
+    rate_limit: {unit: hour, requests_per_unit: 3, algorithm: gcra}
+  - key: ip
+    shadow_mode: true
+    rate_limit: {unit: hour, requests_per_unit: 1}
+";
+    let server = TestServer::start(config).await;
+    let shady = check_body("api", &[&[("ip", "shady")]], None);
+    checks(&server, &shady, 200).await;
+    checks(&server, &user("refused"), 200).await;
+    let (_, stats) = server.admin("GET", "/admin/v1/stats", None).await;
+    let ip = hot_key(&stats, "by_hits", "api|ip=shady").expect("a hot key: {stats}");
+    assert_eq!(
+        ip["refusals"], 0,
+        "a shadow-mode limit refused nothing: {ip}"
+    );
+    assert!(ip["shadow_refusals"].as_u64() > Some(0), "{ip}");
+    assert!(
+        hot_key(&stats, "by_refusals", "api|ip=shady").is_none(),
+        "{stats}"
+    );
+    let user = hot_key(&stats, "by_refusals", "api|user=refused").expect("refused: {stats}");
+    assert!(user["refusals"].as_u64() > Some(0), "{user}");
+    assert_eq!(user["shadow_refusals"], 0, "{user}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_lookup_explains_an_override_expiry_as_a_time() {
+    let server = TestServer::start(CONFIG).await;
+    let (status, stored) = server
+        .admin(
+            "PUT",
+            "/admin/v1/overrides",
+            Some(&override_for("exp", "blocked", json!({"ttl_s": 3600}))),
+        )
+        .await;
+    assert_eq!(status, 200, "{stored}");
+    let (_, lookup) = server
+        .admin("POST", "/admin/v1/lookup", Some(&descriptor("exp")))
+        .await;
+    let text = lookup["explanation"].as_str().expect("text");
+    assert!(!text.contains("unix"), "{text}");
+    // `until 2026-11-26T12:00:00Z, in 59m 59s` (or `in 1h` when the second just turned).
+    let until = text
+        .split("until ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .unwrap_or_else(|| panic!("no expiry in {text:?}"));
+    assert!(
+        until.len() == 20 && until.ends_with('Z') && until.as_bytes()[10] == b'T',
+        "{text}"
+    );
+    assert!(
+        text.contains(", in 59m") || text.contains(", in 1h"),
+        "{text}"
+    );
     server.stop().await;
 }
 

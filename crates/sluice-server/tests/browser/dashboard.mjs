@@ -295,7 +295,10 @@ try {
       { timeout: within(8000), polling: 200 },
     );
     await page.locator('[data-testid="chart"][data-domain="api"] polyline[data-series="allowed"]').waitFor({ timeout: within(3000) });
-    log(`     allowed tile ${before} -> ${after}, decisions/s ${await text('tile-rate-value')}, limited ${await limited.jsonValue()}`);
+    // The per-limit series: a sparkline in the rules table.
+    const perUser = page.locator('[data-testid="rule-row"][data-rule="api.user"]');
+    await perUser.locator('[data-testid="rule-spark"] polyline[data-series="allowed"]').waitFor({ timeout: within(5000) });
+    log(`     allowed tile ${before} -> ${after}, decisions/s ${await text('tile-rate-value')}, limited ${await limited.jsonValue()}, api.user ${await perUser.locator('[data-testid="rule-rate"]').textContent()}`);
   });
 
   await step('a key holding <script> shows as text in the hot keys and in a lookup', async () => {
@@ -383,6 +386,11 @@ try {
     log(`     load: ${JSON.stringify(counts)}`);
     check(counts.errors === 0, `load errors: ${counts.lastError}`);
     check(counts.OK > 0 && counts.OVER_LIMIT > 0, `the load was not mixed: ${JSON.stringify(counts)}`);
+    // The shadow-mode limit's series shows what it would have refused (12 login checks
+    // exhaust its 4 clients' 3 a minute; the load made dozens).
+    await page
+      .locator('[data-testid="rule-row"][data-rule="login.ip"] [data-testid="rule-spark"] polyline[data-series="shadow"]')
+      .waitFor({ timeout: within(5000) });
   });
 
   await step('resetting a key from the form restores its quota', async () => {
