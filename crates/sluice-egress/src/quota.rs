@@ -47,7 +47,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use serde::{Deserialize, Serialize, Serializer};
 use sluice_core::Nanos;
 use sluice_core::time::duration_nanos;
-use sluice_http::UpstreamSignals;
+use sluice_http::{Family, UpstreamSignals};
 
 use crate::Priority;
 
@@ -533,6 +533,12 @@ struct Window {
     start: u64,
     end: u64,
     used: u64,
+    /// For a bucket that refills continuously (OpenAI, Anthropic: their reset is when it is
+    /// *full* again), the nanoseconds one unit takes to come back; 0 for a window that
+    /// resets all at once. `used` then drains from `observed` on.
+    refill_per_unit: u64,
+    /// When the upstream last said how much remains.
+    observed: u64,
     /// The count is the upstream's (`limit − remaining`) plus calls sent since.
     headers: bool,
     /// The upstream said nothing remains (matters when no limit is known).
@@ -547,6 +553,15 @@ struct Window {
 impl Window {
     fn is_active(&self, now: Nanos) -> bool {
         now.as_u64() < self.end
+    }
+
+    /// What is in use at `now`, after a continuously refilling bucket drained.
+    fn used_at(&self, now: Nanos) -> u64 {
+        if self.refill_per_unit == 0 {
+            return self.used;
+        }
+        let back = now.as_u64().saturating_sub(self.observed) / self.refill_per_unit;
+        self.used.saturating_sub(back)
     }
 }
 
@@ -617,6 +632,7 @@ struct View {
     used: u64,
     exhausted: bool,
     resets_at: Option<Nanos>,
+    refill_per_unit: u64,
     source: Source,
 }
 
@@ -625,9 +641,14 @@ impl View {
         let dimension = track.dimension;
         let limit = track.limit(config);
         let active = track.active(now);
-        let used = active.map_or(0, |w| w.used);
-        let exhausted =
-            active.is_some_and(|w| w.exhausted || limit.is_some_and(|limit| w.used >= limit));
+        let used = active.map_or(0, |w| w.used_at(now));
+        let refill_per_unit = active.map_or(0, |w| w.refill_per_unit);
+        let exhausted = active.is_some_and(|w| {
+            let said_empty = w.exhausted
+                && (w.refill_per_unit == 0
+                    || now.as_u64() < w.observed.saturating_add(w.refill_per_unit));
+            said_empty || limit.is_some_and(|limit| used >= limit)
+        });
         let resets_at = match active {
             Some(w) => Some(Nanos::new(w.end)),
             None if dimension.is_daily() => {
@@ -647,8 +668,30 @@ impl View {
             used,
             exhausted,
             resets_at,
+            refill_per_unit,
             source,
         }
+    }
+
+    /// When the wait for `reason` ends: the reset, or for a bucket that refills
+    /// continuously, when enough units are back (one when exhausted; below `threshold`
+    /// percent when paused).
+    fn wait_until(&self, reason: WaitReason, threshold: u8, now: Nanos) -> Option<Nanos> {
+        if self.refill_per_unit == 0 {
+            return self.resets_at;
+        }
+        let units = match (reason, self.limit) {
+            (WaitReason::Paused, Some(limit)) => {
+                // Below the threshold means used × 100 < threshold × limit.
+                let allowed = (u128::from(threshold) * u128::from(limit)).div_ceil(100);
+                let allowed = u64::try_from(allowed).unwrap_or(u64::MAX).saturating_sub(1);
+                self.used.saturating_sub(allowed).max(1)
+            }
+            _ => 1,
+        };
+        let wait = units.saturating_mul(self.refill_per_unit);
+        let until = now.plus_nanos(wait);
+        Some(self.resets_at.map_or(until, |reset| until.min(reset)))
     }
 
     fn percent(&self) -> Option<f64> {
@@ -757,6 +800,16 @@ impl QuotaMonitor {
                 window.exhausted = remaining == 0;
                 // Without a limit only exhaustion is known; the count restarts from here.
                 window.used = limit.map_or(0, |limit| limit.saturating_sub(remaining));
+                window.observed = now.as_u64();
+                window.refill_per_unit = match (said.source, said.reset_after) {
+                    (Some(Family::OpenAi | Family::Anthropic), Some(reset)) => {
+                        // Full again after `reset`: the units in use come back evenly. With
+                        // nothing in use, one unit's time is unknown and nothing drains.
+                        let in_use = limit.map_or(1, |l| l.saturating_sub(remaining)).max(1);
+                        (duration_nanos(reset) / in_use).max(1)
+                    }
+                    _ => 0,
+                };
                 if !window.headers {
                     // The count's alerts were against a guess: keep only those the upstream's
                     // numbers also reach, so that its crossings still fire.
@@ -810,7 +863,10 @@ impl QuotaMonitor {
             } else {
                 continue;
             };
-            let Some(until) = view.resets_at.filter(|&at| at > now) else {
+            let Some(until) = view
+                .wait_until(reason, self.config.pause_threshold, now)
+                .filter(|&at| at > now)
+            else {
                 continue;
             };
             let later = match admission {
@@ -975,7 +1031,13 @@ impl QuotaMonitor {
             let Some(window) = track.window.as_mut().filter(|w| w.is_active(now)) else {
                 continue;
             };
-            let until = Nanos::new(window.end);
+            let end = Nanos::new(window.end);
+            let paused_until = view
+                .wait_until(WaitReason::Paused, config.pause_threshold, now)
+                .unwrap_or(end);
+            let exhausted_until = view
+                .wait_until(WaitReason::Exhausted, config.pause_threshold, now)
+                .unwrap_or(end);
             if let Some(percent) = view.percent() {
                 for (index, &level) in config.alert_levels.iter().enumerate() {
                     if level > window.alerted && view.reaches(level) {
@@ -993,12 +1055,15 @@ impl QuotaMonitor {
             if paused && !window.paused_reported {
                 events.push(QuotaEvent::Paused {
                     dimension,
-                    until,
+                    until: paused_until,
                     percent: view.percent().unwrap_or(100.0),
                 });
             }
             if view.exhausted && !window.exhausted_reported {
-                events.push(QuotaEvent::Exhausted { dimension, until });
+                events.push(QuotaEvent::Exhausted {
+                    dimension,
+                    until: exhausted_until,
+                });
             }
             let was_stopped = window.paused_reported || window.exhausted_reported;
             if was_stopped && !paused && !view.exhausted {
@@ -1124,8 +1189,37 @@ mod tests {
             remaining,
             reset_after: reset_secs.map(Duration::from_secs),
             window: None,
-            source: Some(Family::OpenAi),
+            // A window that resets all at once; OpenAI's refilling bucket has its own test.
+            source: Some(Family::Ietf),
         }
+    }
+
+    #[test]
+    fn a_refilling_bucket_pauses_only_until_enough_is_back() {
+        let mut m = rpm(100);
+        let t0 = at(0);
+        // 90 of 100 in use, full again in 54 s: a unit comes back every 0.6 s.
+        let mut signals = requests(Some(100), Some(10), Some(54));
+        signals.requests.source = Some(Family::OpenAi);
+        m.observe(&signals, t0);
+        let Admission::Wait { until, reason, .. } = m.admit(Priority::BATCH, t0) else {
+            panic!("batch work pauses at 90 %");
+        };
+        assert_eq!(reason, WaitReason::Paused);
+        // Below 80 % means at most 79 in use: 11 units back, 6.6 s.
+        assert_eq!(until, t0.plus_nanos(6_600_000_000));
+        assert_eq!(m.admit(Priority::BATCH, until), Admission::Go);
+        assert_eq!(m.admit(Priority::INTERACTIVE, t0), Admission::Go);
+
+        // Empty: everyone waits one unit's time, not the 60 s until full.
+        let mut empty = requests(Some(100), Some(0), Some(60));
+        empty.requests.source = Some(Family::OpenAi);
+        m.observe(&empty, t0);
+        let Admission::Wait { until, reason, .. } = m.admit(Priority::INTERACTIVE, t0) else {
+            panic!("everyone waits when exhausted");
+        };
+        assert_eq!(reason, WaitReason::Exhausted);
+        assert_eq!(until, t0.plus_nanos(600_000_000));
     }
 
     fn requests(
