@@ -7,6 +7,8 @@
 //! [`TokioClock`], so that tests under paused tokio time see the same timeline as the
 //! timers they wait on.
 
+#[cfg(feature = "batch")]
+pub mod batch;
 pub mod classify;
 pub mod client;
 pub mod clock;
@@ -17,6 +19,8 @@ pub mod job;
 pub mod layer;
 pub mod pacer;
 pub mod probe;
+#[cfg(feature = "proxy")]
+pub mod proxy;
 pub mod quota;
 #[cfg(feature = "reqwest")]
 pub mod reqwest;

@@ -62,6 +62,20 @@ pub(crate) enum Command {
     /// Talks to the admin API of `sluice serve --admin-token TOKEN`. Overrides live where the
     /// server keeps its state (in Redis, every instance applies them within a second).
     Override(OverrideArgs),
+
+    /// Run a reverse proxy in front of a quota-limited upstream (OpenAI, any HTTP API that
+    /// answers 429): every request is paced to the quota, retried when the upstream says
+    /// so, and answered at once with 429 or 503 when it cannot go in time.
+    ///
+    /// Point an SDK's base URL at it. Streams are relayed as they arrive; Authorization
+    /// passes through untouched. Its own endpoints: /_sluice/healthz and /_sluice/metrics
+    /// (also /healthz and /metrics unless --no-root-endpoints).
+    Proxy(ProxyArgs),
+
+    /// Send a JSON Lines file of requests to a quota-limited upstream, paced to its quota,
+    /// and write each answer to a JSON Lines results file. Resumable: after Ctrl-C or a
+    /// kill, run the same command again and it continues where it stopped.
+    Batch(BatchArgs),
 }
 
 /// Flags of `sluice serve`.
@@ -424,6 +438,186 @@ fn parse_reason(text: &str) -> Result<String, String> {
 /// Parses a duration with the core's one duration grammar (`50ms`, `1.5s`, `1m30s`, `0`).
 fn parse_duration(text: &str) -> Result<Duration, String> {
     sluice_core::time::parse_duration(text.trim()).map_err(|err| err.to_string())
+}
+
+/// Flags of `sluice batch`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["upstream", "proxy"])))]
+#[command(
+    after_help = "Each input line: {\"id\": \"a1\", \"method\": \"POST\", \"path\": \"/v1/chat/completions\", \"headers\": {...}, \"body\": {...}, \"priority\": 0}\n\
+    Each results line: {\"id\", \"status\", \"body\", \"attempts\", \"latency_ms\"}. Invalid lines and items that\n\
+    failed for good go to <state>/dead-letter.jsonl with their line number and reason.\n\n\
+    Exit codes: 0 every item in the results; 3 finished with items in the dead letter;\n\
+    130 interrupted (run the same command again to continue); 1 error; 2 bad flags.\n\n\
+    Examples:\n  \
+    sluice batch --input requests.jsonl --output results.jsonl --upstream https://api.openai.com --rpm 500 --tpm 200000\n  \
+    sluice batch --input requests.jsonl --output results.jsonl --proxy http://127.0.0.1:8090\n  \
+    sluice batch --input requests.jsonl --output results.jsonl --upstream https://api.openai.com --retry-failed"
+)]
+pub(crate) struct BatchArgs {
+    /// The requests: one JSON object per line.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) input: PathBuf,
+
+    /// The results: one JSON object per line, appended to (it records what is done).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) output: PathBuf,
+
+    /// Send to this upstream: each item's path is appended (e.g. https://api.openai.com).
+    #[arg(long, value_name = "URL", value_parser = crate::batch::parse_base_url)]
+    pub(crate) upstream: Option<String>,
+
+    /// Send through this `sluice proxy` instead (its base URL); requests carry their
+    /// priority in x-sluice-priority.
+    #[arg(long, value_name = "URL", value_parser = crate::batch::parse_base_url)]
+    pub(crate) proxy: Option<String>,
+
+    /// Where the dead letter, the in-flight journal and the quota state live (default:
+    /// <output>.state next to the results).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) state: Option<PathBuf>,
+
+    /// Requests in flight at once: auto (adaptive, 1 to 100) or a fixed number.
+    #[arg(long, value_name = "auto|N", default_value = "auto", value_parser = crate::batch::parse_concurrency)]
+    pub(crate) concurrency: crate::batch::Concurrency,
+
+    /// Send the items that failed for good in an earlier run again.
+    #[arg(long)]
+    pub(crate) retry_failed: bool,
+
+    /// The upstream's requests per minute, when known (the pace starts there; its headers
+    /// correct it).
+    #[arg(long, value_name = "N", value_parser = at_least_one)]
+    pub(crate) rpm: Option<u64>,
+
+    /// The upstream's tokens per minute, when known.
+    #[arg(long, value_name = "N", value_parser = at_least_one)]
+    pub(crate) tpm: Option<u64>,
+
+    /// Requests per UTC day; the quota state in the state directory keeps the count
+    /// across runs.
+    #[arg(long, value_name = "N", value_parser = at_least_one)]
+    pub(crate) daily_limit: Option<u64>,
+
+    /// Pause at this percentage of any quota until its reset (1 to 100).
+    #[arg(long, value_name = "P", default_value = "80", value_parser = crate::batch::parse_percent)]
+    pub(crate) pause_threshold: u8,
+
+    /// How long one item may wait for the quota or a failing upstream before it fails for
+    /// good: e.g. 30m, 24h.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+    pub(crate) max_wait: Duration,
+
+    /// How long one attempt may take before it times out.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    pub(crate) timeout: Duration,
+
+    /// Do not send Idempotency-Key headers (then a POST is not retried after a timeout or
+    /// a broken connection).
+    #[arg(long)]
+    pub(crate) no_idempotency_key: bool,
+
+    /// How to show progress: a bar on a terminal, else a log line every few seconds.
+    #[arg(long, value_name = "HOW", default_value = "auto", value_parser = ["auto", "bar", "log", "none"])]
+    pub(crate) progress: String,
+}
+
+/// Flags of `sluice proxy`.
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    sluice proxy --upstream https://api.openai.com --rpm 500 --tpm 200000\n  \
+    sluice proxy --upstream https://api.openai.com --listen 0.0.0.0:8090 --redis redis://10.0.0.7:6379/ --daily-limit 10000\n  \
+    SLUICE_PROXY_UPSTREAM=http://127.0.0.1:8080 sluice proxy --log-format json\n\n\
+    Then point the SDK at it: OpenAI(base_url=\"http://127.0.0.1:8090/v1\"). Requests may carry\n\
+    x-sluice-priority (batch, interactive or 0-255), x-sluice-tenant and x-sluice-max-wait (e.g. 30s).")]
+pub(crate) struct ProxyArgs {
+    /// The upstream's base URL; each request's path and query are appended to it
+    /// (https://api.openai.com, or https://api.openai.com/v1 for clients whose base URL has
+    /// no /v1).
+    #[arg(long, value_name = "URL", env = "SLUICE_PROXY_UPSTREAM")]
+    pub(crate) upstream: String,
+
+    /// Where the proxy listens.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8090",
+        env = "SLUICE_PROXY_LISTEN"
+    )]
+    pub(crate) listen: SocketAddr,
+
+    /// Pace through this Redis, shared with every proxy (and sluice client) of the same
+    /// --name there, so that several machines spend one quota (comma-separated URLs: the
+    /// seed nodes of a Redis Cluster).
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "SLUICE_PROXY_REDIS",
+        hide_env_values = true
+    )]
+    pub(crate) redis: Option<String>,
+
+    /// The upstream's name in logs and metrics, and the key of its shared pacing state
+    /// (default: the upstream's host and port).
+    #[arg(long, value_name = "NAME", env = "SLUICE_PROXY_NAME", value_parser = NonEmptyStringValueParser::new())]
+    pub(crate) name: Option<String>,
+
+    /// The upstream's requests per minute, when known in advance (its x-ratelimit headers
+    /// correct it).
+    #[arg(long, value_name = "N", env = "SLUICE_PROXY_RPM", value_parser = at_least_one)]
+    pub(crate) rpm: Option<u64>,
+
+    /// The upstream's tokens per minute, when known in advance.
+    #[arg(long, value_name = "N", env = "SLUICE_PROXY_TPM", value_parser = at_least_one)]
+    pub(crate) tpm: Option<u64>,
+
+    /// Requests per UTC day; with --state-file the count survives restarts.
+    #[arg(long, value_name = "N", env = "SLUICE_PROXY_DAILY_LIMIT", value_parser = at_least_one)]
+    pub(crate) daily_limit: Option<u64>,
+
+    /// Tokens per UTC day.
+    #[arg(long, value_name = "N", env = "SLUICE_PROXY_DAILY_TOKENS", value_parser = at_least_one)]
+    pub(crate) daily_tokens: Option<u64>,
+
+    /// Batch work (below x-sluice-priority: interactive) pauses at this percentage of any
+    /// quota until its reset; interactive work goes on to 100 (1 to 100).
+    #[arg(long, value_name = "P", default_value = "80", env = "SLUICE_PROXY_PAUSE_THRESHOLD", value_parser = crate::proxy::parse_percent)]
+    pub(crate) pause_threshold: u8,
+
+    /// Quota usage percentages that log an alert, ascending (warning, critical..., emergency).
+    #[arg(long, value_name = "P,P,...", default_value = "60,80,95", env = "SLUICE_PROXY_ALERT_LEVELS", value_parser = crate::proxy::parse_alert_levels)]
+    pub(crate) alert_levels: crate::proxy::AlertLevels,
+
+    /// The most requests in flight to the upstream at once (the adaptive limit stays at or
+    /// below it; default 100).
+    #[arg(long, value_name = "N", env = "SLUICE_PROXY_MAX_CONCURRENCY", value_parser = crate::proxy::parse_concurrency)]
+    pub(crate) max_concurrency: Option<u32>,
+
+    /// Attempts per request, the first included (1: never retry).
+    #[arg(long, value_name = "N", default_value = "5", env = "SLUICE_PROXY_MAX_ATTEMPTS", value_parser = crate::proxy::parse_concurrency)]
+    pub(crate) max_attempts: u32,
+
+    /// How long an attempt may wait for the upstream's answer to begin: e.g. 30s, 10m.
+    #[arg(long, value_name = "DURATION", default_value = "10m", env = "SLUICE_PROXY_ATTEMPT_TIMEOUT", value_parser = crate::proxy::parse_timeout)]
+    pub(crate) attempt_timeout: Duration,
+
+    /// The largest request body accepted, in bytes (suffixes KiB, MiB, GiB); larger ones
+    /// get 413.
+    #[arg(long, value_name = "SIZE", default_value = "8MiB", env = "SLUICE_PROXY_MAX_REQUEST_BODY", value_parser = crate::proxy::parse_size)]
+    pub(crate) max_request_body: usize,
+
+    /// Keep the quota counts (daily ones included) in this JSON file across restarts.
+    #[arg(long, value_name = "PATH", env = "SLUICE_PROXY_STATE_FILE")]
+    pub(crate) state_file: Option<PathBuf>,
+
+    /// Forward GET /healthz and /metrics to the upstream instead of answering them (the
+    /// proxy's own stay at /_sluice/healthz and /_sluice/metrics).
+    #[arg(long)]
+    pub(crate) no_root_endpoints: bool,
+
+    /// Log lines for humans or one JSON object per line.
+    #[arg(long, value_name = "FORMAT", default_value = "human", value_parser = ["human", "json"])]
+    pub(crate) log_format: String,
 }
 
 #[cfg(test)]

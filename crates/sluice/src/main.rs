@@ -8,8 +8,10 @@
 //! below it return typed errors. Arguments live in [`cli`], each command in its own module.
 
 mod admin;
+mod batch;
 mod check;
 mod cli;
+mod proxy;
 mod serve;
 
 use std::io;
@@ -31,6 +33,11 @@ fn main() -> ExitCode {
         Command::Status(args) => admin::status(args),
         Command::Reset(args) => admin::reset(args),
         Command::Override(args) => admin::overrides(args),
+        Command::Proxy(args) => proxy::run(args),
+        Command::Batch(args) => match batch::run(args) {
+            Ok(code) => return code,
+            Err(err) => Err(err),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -66,6 +66,17 @@
 //! Latency ([`FakeUpstreamConfig::latency`]) delays 200 answers only: refusals, errors and
 //! faults answer at once, as a gateway in front of a busy model does.
 //!
+//! # Idempotency keys
+//!
+//! A request with an `Idempotency-Key` header whose key already got a 2xx answer gets that
+//! answer again (status, headers and body, at once) instead of being processed: it is not
+//! charged to the quota, not counted in [`FakeStats::ok`], and counted in
+//! [`FakeStats::replayed`]. Only 2xx answers that are not streamed are stored, since a
+//! refused or failed request was not processed; injected faults still come first. The store
+//! keeps the last [`IDEMPOTENCY_CAPACITY`] keys, and [`FakeUpstream::idempotency_keys`] says
+//! how often each was processed and replayed, so a test can assert that every item was
+//! processed once.
+//!
 //! # Example
 //!
 //! ```
@@ -107,13 +118,18 @@ use serde_json::{Value, json};
 use sluice_core::{Clock, Decision, Nanos};
 use sluice_http::{Dimension, UpstreamSignals, encode_go_duration};
 
+mod idempotency;
 mod openai;
 mod quota;
 mod server;
+mod stream;
 
+pub use idempotency::{IDEMPOTENCY_CAPACITY, KeyUse};
 pub use openai::{DEFAULT_MAX_TOKENS, FAKE_MODEL, prompt_tokens};
 pub use server::FakeServer;
+pub use stream::{FakeBody, StreamConfig};
 
+use idempotency::IdempotencyStore;
 use openai::{Chat, completion_body, error_body, models_body, parse_chat};
 use quota::Bucket;
 
@@ -164,6 +180,9 @@ pub struct FakeUpstreamConfig {
     /// many APIs that say nothing about their quota until they answer 429 (with
     /// `Retry-After`).
     pub quota_headers: bool,
+    /// How a streamed answer (`"stream": true`) sends its events over HTTP (see
+    /// [`StreamConfig`]).
+    pub stream: StreamConfig,
 }
 
 impl Default for FakeUpstreamConfig {
@@ -178,6 +197,7 @@ impl Default for FakeUpstreamConfig {
             daily_requests: None,
             insufficient_quota: false,
             quota_headers: true,
+            stream: StreamConfig::default(),
         }
     }
 }
@@ -252,6 +272,9 @@ pub struct FakeStats {
     pub client_errors: u64,
     /// Tokens charged by admitted requests (prompt plus completion).
     pub tokens: u64,
+    /// Requests answered from the idempotency store: their `Idempotency-Key` had a 2xx
+    /// answer already (not charged, not in `ok`).
+    pub replayed: u64,
 }
 
 /// One request in [`FakeUpstream::log`].
@@ -291,6 +314,7 @@ struct State {
     next_id: u64,
     stats: FakeStats,
     log: VecDeque<Served>,
+    idempotency: IdempotencyStore,
 }
 
 /// What to do once the state has decided, outside its lock.
@@ -299,6 +323,7 @@ enum Action {
     Delay(Duration, Response<Bytes>),
     Timeout,
     Reset,
+    Stream(stream::Sse),
 }
 
 impl fmt::Debug for FakeUpstream {
@@ -326,6 +351,7 @@ impl FakeUpstream {
             next_id: 1,
             stats: FakeStats::default(),
             log: VecDeque::new(),
+            idempotency: IdempotencyStore::default(),
         };
         Self {
             inner: Arc::new(Inner {
@@ -402,6 +428,13 @@ impl FakeUpstream {
         self.inner.lock().stats
     }
 
+    /// Every `Idempotency-Key` the store remembers (see the [module docs](self)), with how
+    /// many of its requests were processed and how many replayed. Kept by
+    /// [`reset_stats`](Self::reset_stats), like the buckets.
+    pub fn idempotency_keys(&self) -> std::collections::HashMap<String, KeyUse> {
+        self.inner.lock().idempotency.usage()
+    }
+
     /// Every request so far in order of arrival, at most the last [`LOG_CAPACITY`].
     pub fn log(&self) -> Vec<Served> {
         self.inner.lock().log.iter().copied().collect()
@@ -446,16 +479,14 @@ impl FakeUpstream {
             .map_err(|err| FakeUpstreamError::Body(err.into()))?
             .to_bytes();
         let now = self.inner.clock.now();
-        let action = self
-            .inner
-            .lock()
-            .answer(&parts.method, parts.uri.path(), &bytes, now);
+        let action = self.inner.lock().answer_request(&parts, &bytes, now);
         match action {
             Action::Answer(response) => Ok(response),
             Action::Delay(latency, response) => {
                 tokio::time::sleep(latency).await;
                 Ok(response)
             }
+            Action::Stream(sse) => Ok(sse.collect().await),
             Action::Timeout => {
                 tokio::time::sleep(TIMEOUT_AFTER).await;
                 Err(FakeUpstreamError::TimedOut)
@@ -480,6 +511,42 @@ enum Bucketed {
 }
 
 impl State {
+    /// Decides one request at `now` and records it, answering a repeated `Idempotency-Key`
+    /// from the store (see the [module docs](self)).
+    fn answer_request(&mut self, parts: &http::request::Parts, body: &[u8], now: Nanos) -> Action {
+        let key = parts
+            .headers
+            .get("idempotency-key")
+            .and_then(|value| value.to_str().ok());
+        let Some(key) = key else {
+            return self.answer(&parts.method, parts.uri.path(), body, now);
+        };
+        if self.queued.is_empty()
+            && self.outage.is_none()
+            && let Some(response) = self.idempotency.replay(key)
+        {
+            let id = self.next_id;
+            self.next_id = self.next_id.saturating_add(1);
+            self.stats.requests += 1;
+            self.stats.replayed += 1;
+            if self.log.len() >= LOG_CAPACITY {
+                self.log.pop_front();
+            }
+            self.log.push_back(Served {
+                at: now,
+                status: response.status().as_u16(),
+                tokens: 0,
+                request_id: id,
+            });
+            return Action::Answer(response);
+        }
+        let action = self.answer(&parts.method, parts.uri.path(), body, now);
+        if let Action::Answer(response) | Action::Delay(_, response) = &action {
+            self.idempotency.record(key, response);
+        }
+        action
+    }
+
     /// Decides one request at `now` and records it.
     fn answer(&mut self, method: &Method, path: &str, body: &[u8], now: Nanos) -> Action {
         let id = self.next_id;
@@ -492,6 +559,7 @@ impl State {
         };
         let status = match &action {
             Action::Answer(response) | Action::Delay(_, response) => response.status().as_u16(),
+            Action::Stream(sse) => sse.status(),
             Action::Timeout | Action::Reset => 0,
         };
         if self.log.len() >= LOG_CAPACITY {
@@ -552,7 +620,11 @@ impl State {
     ) -> (Action, u64) {
         match (method, path) {
             (&Method::POST, "/v1/chat/completions") => match parse_chat(body) {
-                Ok(chat) => self.charge(Some(&chat), id, now),
+                Ok(chat) => stream::maybe_stream(
+                    self.charge(Some(&chat), id, now),
+                    body,
+                    self.config.stream,
+                ),
                 Err(invalid) => {
                     self.stats.client_errors += 1;
                     let body = error_body(

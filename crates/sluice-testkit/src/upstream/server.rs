@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -116,8 +115,8 @@ async fn serve_connection(stream: TcpStream, upstream: FakeUpstream) {
         let upstream = upstream.clone();
         let reset = Arc::clone(&reset);
         async move {
-            match upstream.handle(request).await {
-                Ok(response) => Ok(response.map(Full::new)),
+            match upstream.respond(request).await {
+                Ok(response) => Ok(response),
                 Err(err) => {
                     if matches!(err, FakeUpstreamError::ConnectionReset) {
                         reset.store(true, Ordering::SeqCst);

@@ -1,0 +1,482 @@
+//! `sluice batch` as a real process against sluice-testkit's fake upstream over real
+//! HTTP on loopback, in real time: killed with SIGKILL at random moments and resumed,
+//! interrupted with Ctrl-C, fed malformed lines and requests the upstream refuses.
+//!
+//! Runtime is kept small: 5,000 items at 30,000 requests a minute (the client paces at
+//! 98 % of it, ~490 a second) take about 10 s in all, kills and restarts included.
+
+#![allow(
+    clippy::disallowed_types,
+    reason = "waiting on a child process is wall-clock time by nature"
+)]
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers: a failure to set up is a test failure"
+)]
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, Hasher};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sluice_core::SystemClock;
+use sluice_testkit::upstream::{FakeServer, FakeUpstream, FakeUpstreamConfig, chat_body};
+
+use support::temp_dir;
+
+/// How long any one wait on the child may take.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// The fake upstream on loopback, with the runtime that serves it.
+struct Fake {
+    upstream: FakeUpstream,
+    server: Option<FakeServer>,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Fake {
+    fn start(config: FakeUpstreamConfig) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let upstream = FakeUpstream::new(config, Arc::new(SystemClock));
+        let server = runtime.block_on(upstream.serve()).unwrap();
+        Self {
+            upstream,
+            server: Some(server),
+            runtime,
+        }
+    }
+
+    fn url(&self) -> String {
+        self.server.as_ref().unwrap().url()
+    }
+}
+
+impl Drop for Fake {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            self.runtime.block_on(server.shutdown());
+        }
+    }
+}
+
+/// Input lines of chat completions `item-0` .. `item-{n-1}`.
+fn items(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| item(&format!("item-{i}")).to_string())
+        .collect()
+}
+
+fn item(id: &str) -> Value {
+    json!({
+        "id": id,
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "headers": {"authorization": "Bearer sk-test-not-logged"},
+        "body": chat_body(&format!("One line about {id}."), Some(20)),
+        "priority": 0,
+    })
+}
+
+struct Job {
+    dir: PathBuf,
+    input: PathBuf,
+    output: PathBuf,
+}
+
+impl Job {
+    fn new(tag: &str, lines: &[String]) -> Self {
+        let dir = temp_dir(tag);
+        let input = dir.join("requests.jsonl");
+        std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+        Self {
+            output: dir.join("results.jsonl"),
+            input,
+            dir,
+        }
+    }
+
+    /// `sluice batch` on this job against `url`, with `extra` flags; stdout and stderr go
+    /// to files named after `run`.
+    fn spawn(&self, url: &str, run: &str, extra: &[&str]) -> Child {
+        let stdout = std::fs::File::create(self.dir.join(format!("{run}.out"))).unwrap();
+        let stderr = std::fs::File::create(self.dir.join(format!("{run}.err"))).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("batch")
+            .arg("--input")
+            .arg(&self.input)
+            .arg("--output")
+            .arg(&self.output)
+            .args(["--upstream", url, "--progress", "log"])
+            .args(extra)
+            .env("SLUICE_LOG", "warn")
+            .stdout(stdout)
+            .stderr(stderr)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    fn run(&self, url: &str, run: &str, extra: &[&str]) -> (ExitStatus, String, String) {
+        let mut child = self.spawn(url, run, extra);
+        let status = wait(&mut child);
+        (
+            status,
+            self.text(&format!("{run}.out")),
+            self.text(&format!("{run}.err")),
+        )
+    }
+
+    fn text(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(name)).unwrap_or_default()
+    }
+
+    fn results(&self) -> Vec<Value> {
+        read_jsonl(&self.output)
+    }
+
+    fn dead_letter(&self) -> Vec<Value> {
+        let mut state = self.output.as_os_str().to_owned();
+        state.push(".state");
+        read_jsonl(&PathBuf::from(state).join("dead-letter.jsonl"))
+    }
+}
+
+/// Leaves the files of a failed test to read, removes those of a passing one.
+impl Drop for Job {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn read_jsonl(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+/// Complete lines in a file.
+fn count_lines(path: &Path) -> usize {
+    std::fs::read(path).map_or(0, |bytes| bytes.iter().filter(|&&b| b == b'\n').count())
+}
+
+/// Waits for the child to exit, polling in short steps, at most [`PATIENCE`].
+fn wait(child: &mut Child) -> ExitStatus {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "sluice batch did not finish");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Polls until `done()` or the child exits; says whether `done()` came first.
+fn poll_until(child: &mut Child, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if done() {
+            return true;
+        }
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        assert!(Instant::now() < deadline, "sluice batch made no progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A small random generator seeded from the OS (printed, to replay a failure).
+struct Rng(u64);
+
+impl Rng {
+    fn new() -> Self {
+        let seed = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish()
+            | 1;
+        eprintln!("random seed {seed}");
+        Self(seed)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+}
+
+fn ids(results: &[Value]) -> Vec<String> {
+    results
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn kill_9_at_random_moments_and_resume_sends_each_item_once() {
+    const ITEMS: usize = 5_000;
+    const RPM: u64 = 30_000;
+    let fake = Fake::start(FakeUpstreamConfig {
+        rpm: RPM,
+        tpm: 0,
+        latency: Duration::from_millis(10),
+        ..FakeUpstreamConfig::default()
+    });
+    let job = Job::new("cli-batch-kill", &items(ITEMS));
+    let rpm = RPM.to_string();
+    let flags = ["--rpm", rpm.as_str()];
+    let mut rng = Rng::new();
+    let started = Instant::now();
+    let mut kills = 0;
+    for round in 0..4 {
+        let mut child = job.spawn(&fake.url(), &format!("run-{round}"), &flags);
+        let reached = if round == 0 {
+            // Anywhere from the start-up to the first few hundred results.
+            let at = Instant::now() + Duration::from_millis(50 + rng.below(600));
+            poll_until(&mut child, || Instant::now() >= at)
+        } else {
+            let target = count_lines(&job.output) + 300 + usize::try_from(rng.below(900)).unwrap();
+            poll_until(&mut child, || count_lines(&job.output) >= target)
+        };
+        assert!(
+            reached,
+            "round {round} ended before it was killed: {}",
+            job.text(&format!("run-{round}.err"))
+        );
+        child.kill().unwrap(); // SIGKILL
+        let status = child.wait().unwrap();
+        assert!(!status.success());
+        kills += 1;
+        eprintln!(
+            "round {round}: killed with {} results written",
+            count_lines(&job.output)
+        );
+    }
+    let (status, out, err) = job.run(&fake.url(), "final", &flags);
+    let elapsed = started.elapsed();
+    assert!(status.success(), "{status}\n{out}\n{err}");
+    assert!(out.contains("batch finished"), "{out}");
+
+    // Every id once in the results, all answered 200.
+    let results = job.results();
+    let got = ids(&results);
+    let unique: HashSet<&String> = got.iter().collect();
+    assert_eq!(unique.len(), got.len(), "an id is in the results twice");
+    let want: HashSet<String> = (0..ITEMS).map(|i| format!("item-{i}")).collect();
+    assert_eq!(unique.len(), ITEMS);
+    assert!(got.iter().all(|id| want.contains(id)));
+    assert!(results.iter().all(|r| r["status"] == 200), "all succeeded");
+
+    // The upstream processed each item once: one key per item, none processed twice;
+    // the calls a kill cut off were answered from its store when resent.
+    let keys = fake.upstream.idempotency_keys();
+    assert_eq!(keys.len(), ITEMS);
+    let twice: Vec<_> = keys.iter().filter(|(_, u)| u.processed != 1).collect();
+    assert!(twice.is_empty(), "processed more than once: {twice:?}");
+    let stats = fake.upstream.stats();
+    assert_eq!(stats.ok, u64::try_from(ITEMS).unwrap());
+    eprintln!(
+        "{kills} kills; upstream: {} requests, {} ok, {} replayed from the idempotency store, {} answered 429; {:.1} s in all",
+        stats.requests,
+        stats.ok,
+        stats.replayed,
+        stats.rate_limited,
+        elapsed.as_secs_f64()
+    );
+    assert!(
+        stats.replayed >= 1,
+        "with 10 ms answers some calls are always on the wire at a kill"
+    );
+    // The answers replayed are the ones first given: completion ids are unique.
+    let completions: HashSet<&str> = results
+        .iter()
+        .map(|r| r["body"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(completions.len(), ITEMS);
+    // No header value reached any file.
+    for file in std::fs::read_dir(&job.dir).unwrap() {
+        let path = file.unwrap().path();
+        if path.is_file() {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let leaked = path != job.input && text.contains("sk-test-not-logged");
+            assert!(!leaked, "{}", path.display());
+        }
+    }
+}
+
+#[test]
+fn throughput_follows_the_quota() {
+    const ITEMS: usize = 2_000;
+    const RPM: u64 = 12_000;
+    let fake = Fake::start(FakeUpstreamConfig {
+        rpm: RPM,
+        tpm: 0,
+        latency: Duration::from_millis(5),
+        ..FakeUpstreamConfig::default()
+    });
+    let job = Job::new("cli-batch-throughput", &items(ITEMS));
+    let started = Instant::now();
+    // No --rpm: the client learns the limit from the upstream's headers.
+    let (status, out, err) = job.run(&fake.url(), "run", &[]);
+    let wall = started.elapsed();
+    assert!(status.success(), "{status}\n{out}\n{err}");
+    assert_eq!(count_lines(&job.output), ITEMS);
+    let per_minute = ITEMS as f64 / wall.as_secs_f64() * 60.0;
+    let fraction = per_minute / RPM as f64;
+    // After the first two seconds (start-up and the pacer's one-second burst): the pace.
+    let log = fake.upstream.log();
+    let first = log[0].at;
+    let later: Vec<_> = log
+        .iter()
+        .filter(|s| s.at.saturating_since(first) >= Duration::from_secs(2))
+        .collect();
+    let span = later[later.len() - 1].at.saturating_since(later[0].at);
+    let steady = (later.len() - 1) as f64 / span.as_secs_f64() * 60.0;
+    eprintln!(
+        "throughput: {ITEMS} items in {:.2} s wall (process start-up included) = {per_minute:.0}/min = {:.0} % of {RPM} rpm; after the first 2 s: {steady:.0}/min = {:.1} % of it; 429s: {}\n{out}",
+        wall.as_secs_f64(),
+        fraction * 100.0,
+        steady / RPM as f64 * 100.0,
+        fake.upstream.stats().rate_limited,
+    );
+    // Paced at 98 % of the limit (after a one-second burst, and with up to a second's
+    // worth of catch-up after a stall on a busy machine): never past the upstream's quota.
+    assert_eq!(fake.upstream.stats().rate_limited, 0);
+    let steady_fraction = steady / RPM as f64;
+    assert!(steady_fraction > 0.8, "{steady}");
+    assert!(steady_fraction < 1.2, "{steady}");
+    assert!(fraction > 0.6, "{fraction}");
+    assert!(fraction < 1.3, "{fraction}");
+}
+
+#[test]
+fn malformed_lines_go_to_the_dead_letter_with_their_line_numbers() {
+    let fake = Fake::start(FakeUpstreamConfig::default());
+    let mut lines = items(3);
+    lines.insert(1, "this is not json".to_owned()); // line 2
+    lines.push(json!({"path": "/v1/chat/completions"}).to_string()); // line 5
+    lines.push(item("item-0").to_string()); // line 6: a repeated id
+    let job = Job::new("cli-batch-malformed", &lines);
+    let (status, out, err) = job.run(&fake.url(), "run", &[]);
+    assert_eq!(status.code(), Some(3), "{out}\n{err}");
+    assert!(err.contains("3 items are in the dead letter"), "{err}");
+    assert_eq!(ids(&job.results()).len(), 3);
+    let dead = job.dead_letter();
+    let lines: HashMap<u64, String> = dead
+        .iter()
+        .map(|e| {
+            (
+                e["line"].as_u64().unwrap(),
+                e["reason"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(lines[&2].starts_with("not valid JSON"), "{dead:?}");
+    assert!(lines[&5].contains("no id"), "{dead:?}");
+    assert_eq!(lines[&6], "duplicate id (first on line 1)");
+    assert_eq!(lines.len(), 3);
+}
+
+#[test]
+fn a_refused_item_goes_to_the_dead_letter_and_retry_failed_sends_it_again() {
+    let fake = Fake::start(FakeUpstreamConfig::default());
+    let mut lines = items(10);
+    // No messages: the fake answers 400, which no retry can fix.
+    lines[4] =
+        json!({"id": "item-4", "path": "/v1/chat/completions", "body": {"model": "gpt-fake"}})
+            .to_string();
+    let job = Job::new("cli-batch-refused", &lines);
+    let (status, out, err) = job.run(&fake.url(), "first", &[]);
+    assert_eq!(status.code(), Some(3), "{out}\n{err}");
+    assert!(err.contains("--retry-failed"), "{err}");
+    let dead = job.dead_letter();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(
+        (dead[0]["id"].as_str(), dead[0]["line"].as_u64()),
+        (Some("item-4"), Some(5))
+    );
+    assert_eq!(dead[0]["status"], 400);
+    assert_eq!(job.results().len(), 9);
+
+    // The request is fixed; --retry-failed sends it, once, and it leaves the dead letter.
+    std::fs::write(&job.input, items(10).join("\n") + "\n").unwrap();
+    let (status, out, err) = job.run(&fake.url(), "retry", &["--retry-failed"]);
+    assert!(status.success(), "{status}\n{out}\n{err}");
+    assert!(job.dead_letter().is_empty());
+    let results = job.results();
+    assert_eq!(results.len(), 10);
+    assert_eq!(ids(&results).into_iter().collect::<HashSet<_>>().len(), 10);
+    assert_eq!(fake.upstream.stats().ok, 10);
+}
+
+#[test]
+fn ctrl_c_stops_cleanly_and_says_how_to_resume() {
+    let fake = Fake::start(FakeUpstreamConfig {
+        rpm: 3_000,
+        tpm: 0,
+        latency: Duration::from_millis(20),
+        ..FakeUpstreamConfig::default()
+    });
+    let job = Job::new("cli-batch-interrupt", &items(200));
+    let mut child = job.spawn(&fake.url(), "first", &[]);
+    assert!(poll_until(&mut child, || count_lines(&job.output) >= 50));
+    let interrupted = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupted.success());
+    let status = wait(&mut child);
+    let err = job.text("first.err");
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("run the same command again to continue"),
+        "{err}"
+    );
+    let after_stop = count_lines(&job.output);
+    assert!(after_stop < 200);
+
+    let (status, out, err) = job.run(&fake.url(), "second", &[]);
+    assert!(status.success(), "{status}\n{out}\n{err}");
+    let results = job.results();
+    assert_eq!(results.len(), 200);
+    assert_eq!(ids(&results).into_iter().collect::<HashSet<_>>().len(), 200);
+    assert_eq!(fake.upstream.stats().ok, 200, "nothing processed twice");
+}
+
+#[test]
+fn bad_flags_name_the_flag_and_value() {
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["batch", "--input", "in.jsonl", "--output", "out.jsonl"])
+        .args(["--upstream", "http://127.0.0.1:9", "--concurrency", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        err.contains("'--concurrency <auto|N>'")
+            && err.contains("expected auto or a number ≥ 1, got 'x'"),
+        "{err}"
+    );
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["batch", "--input", "in.jsonl", "--output", "out.jsonl"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--upstream"));
+}
