@@ -13,6 +13,7 @@ use sluice_egress::concurrency::ConcurrencyConfig;
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::BatchArgs;
+use crate::process::stop_signal;
 
 /// Exit code of a run that finished with items in the dead letter.
 const EXIT_FAILED_ITEMS: u8 = 3;
@@ -90,11 +91,11 @@ pub(crate) fn run(args: &BatchArgs) -> anyhow::Result<ExitCode> {
     let summary = runtime.block_on(async {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
-            shutdown_signal().await;
+            stop_signal().await;
             let _ = stop_tx.send(());
             // A second signal: stop at once. Every result line is one write, so this is as
             // safe as a kill; the next run continues.
-            shutdown_signal().await;
+            stop_signal().await;
             eprintln!("stopped at once; run the same command again to continue");
             std::process::exit(i32::from(EXIT_INTERRUPTED));
         });
@@ -295,28 +296,6 @@ impl io::Write for BarWriter {
 
     fn flush(&mut self) -> io::Result<()> {
         io::stderr().flush()
-    }
-}
-
-/// Resolves on Ctrl-C or (on Unix) SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
     }
 }
 

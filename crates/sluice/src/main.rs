@@ -11,6 +11,7 @@ mod admin;
 mod batch;
 mod check;
 mod cli;
+mod process;
 mod proxy;
 mod serve;
 

@@ -5,9 +5,9 @@ use sluice_server::config::{Config, StoreConfig};
 use sluice_server::server::redact;
 use sluice_server::{ServeOptions, load_config};
 use tokio::net::TcpListener;
-use tracing_subscriber::EnvFilter;
 
 use crate::cli::ServeArgs;
+use crate::process::{init_logging, shutdown_signal};
 
 /// Runs the server until Ctrl-C or SIGTERM, or validates a configuration
 /// (`--check-config`).
@@ -83,44 +83,5 @@ fn store_name(store: &StoreConfig) -> String {
             let kind = if *cluster { "redis cluster" } else { "redis" };
             format!("{kind} {}", urls.join(","))
         }
-    }
-}
-
-fn init_logging(format: &str) {
-    let filter = EnvFilter::try_from_env("SLUICE_LOG")
-        .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
-/// Resolves on Ctrl-C or (on Unix) SIGTERM.
-async fn shutdown_signal() {
-    {
-        let ctrl_c = async {
-            let _ = tokio::signal::ctrl_c().await;
-        };
-        #[cfg(unix)]
-        let terminate = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut signal) => {
-                    signal.recv().await;
-                }
-                Err(_) => std::future::pending().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let terminate = std::future::pending::<()>();
-        tokio::select! {
-            () = ctrl_c => {}
-            () = terminate => {}
-        }
-        tracing::info!("shutting down: no new connections, finishing requests in flight");
     }
 }
