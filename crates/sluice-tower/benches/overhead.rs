@@ -2,6 +2,11 @@
 //! the in-memory store, on a current-thread runtime; beside tower_governor 0.8 (per peer
 //! IP, with and without its headers) on the same service in the same run.
 //!
+//! Every client but the `_4096_ips` ones is one address, which sluice's `PeerIp` key cache
+//! always holds; the `_4096_ips` runs cycle through 4096 addresses (more than the cache's
+//! 256 slots), so most of sluice's keys are built afresh, and tower_governor's map holds
+//! 4096 entries.
+//!
 //! `cargo bench -p sluice-tower --bench overhead`
 
 use std::convert::Infallible;
@@ -26,6 +31,12 @@ fn request(peer: SocketAddr) -> Request<()> {
     req
 }
 
+/// The `n`-th of 4096 client addresses, in a scattered order.
+fn nth_peer(n: u32) -> SocketAddr {
+    let ip = std::net::Ipv4Addr::from(0x0a00_0000 | (n.wrapping_mul(2_654_435_761) % 4096));
+    SocketAddr::new(ip.into(), 40000)
+}
+
 fn overhead(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -45,6 +56,11 @@ fn overhead(c: &mut Criterion) {
         .limit(LimitSpec::new("per-ip", big, PeerIp::new()))
         .expect("valid")
         .header_style(sluice_http::HeaderStyle::Off)
+        .layer(inner);
+    let legacy = RateLimitLayer::new(MemoryStore::new())
+        .limit(LimitSpec::new("per-ip", big, PeerIp::new()))
+        .expect("valid")
+        .header_style(sluice_http::HeaderStyle::Legacy)
         .layer(inner);
     let two = RateLimitLayer::new(MemoryStore::new())
         .limit(LimitSpec::new("per-ip", big, PeerIp::new()))
@@ -92,8 +108,28 @@ fn overhead(c: &mut Criterion) {
     group.bench_function("sluice_one_limit_headers_off", |b| {
         b.iter(|| rt.block_on(quiet.clone().oneshot(black_box(request(peer)))))
     });
+    group.bench_function("sluice_one_limit_legacy_headers", |b| {
+        b.iter(|| rt.block_on(legacy.clone().oneshot(black_box(request(peer)))))
+    });
     group.bench_function("sluice_two_limits", |b| {
         b.iter(|| rt.block_on(two.clone().oneshot(black_box(request(peer)))))
+    });
+    let mut n = 0u32;
+    group.bench_function("tower_governor_headers_4096_ips", |b| {
+        b.iter(|| {
+            n = n.wrapping_add(1);
+            rt.block_on(
+                governor_headers
+                    .clone()
+                    .oneshot(black_box(request(nth_peer(n)))),
+            )
+        })
+    });
+    group.bench_function("sluice_one_limit_4096_ips", |b| {
+        b.iter(|| {
+            n = n.wrapping_add(1);
+            rt.block_on(one.clone().oneshot(black_box(request(nth_peer(n)))))
+        })
     });
     group.finish();
 }

@@ -1,11 +1,13 @@
 //! Key extractors: who a request is counted against.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
 use http::{HeaderName, Request};
 use sluice_core::{Key, KeyError};
 
+use crate::cache::IpKeys;
 use crate::proxy::{TrustedProxies, parse_forwarded_for, parse_xff_hop};
 
 /// Why no key could be taken from a request.
@@ -34,6 +36,12 @@ pub trait KeyExtractor<B>: Clone + Send + Sync + 'static {
     /// [`KeyRejection`] when the request carries no key; the layer then applies the
     /// limit's [`OnMissingKey`](crate::OnMissingKey).
     fn extract(&self, domain: &str, req: &Request<B>) -> Result<Key, KeyRejection>;
+
+    /// Whether every request gets the same key ([`Constant`]): the layer then builds it
+    /// once and reuses it. `false` unless overridden.
+    fn is_constant(&self) -> bool {
+        false
+    }
 }
 
 /// Which forwarding header a trusted proxy sets.
@@ -59,10 +67,15 @@ pub enum ForwardedHeader {
 /// `X-Forwarded-For` straight to the service therefore keeps its own key.
 ///
 /// The key is `<domain>|ip=<address>`, IPv4-mapped IPv6 addresses written as IPv4.
+///
+/// Each `PeerIp` keeps the keys of its recent clients (256 of them at most, about
+/// 12 KiB), so a returning client's key is not built again; a clone starts with an empty
+/// cache.
 #[derive(Clone, Debug, Default)]
 pub struct PeerIp {
     trusted: TrustedProxies,
     header: ForwardedHeader,
+    keys: IpKeys,
 }
 
 impl PeerIp {
@@ -74,7 +87,11 @@ impl PeerIp {
     /// Believes `header` when the peer is in `trusted`.
     #[must_use]
     pub fn behind(trusted: TrustedProxies, header: ForwardedHeader) -> Self {
-        Self { trusted, header }
+        Self {
+            trusted,
+            header,
+            keys: IpKeys::default(),
+        }
     }
 
     /// The client address of `req`, or `None` when its peer address is unknown.
@@ -122,7 +139,89 @@ impl<B> KeyExtractor<B> for PeerIp {
         let ip = self.client_ip(req).ok_or_else(|| KeyRejection::Missing {
             what: "peer address".to_owned(),
         })?;
-        Ok(Key::new(domain, [("ip", ip.to_string())])?)
+        Ok(self.keys.get(domain, ip, || {
+            let mut text = IpText::default();
+            Key::new(domain, [("ip", text.format(ip))])
+        })?)
+    }
+}
+
+/// An IP address's text (as `Display` writes it) in a stack buffer: the key of a request
+/// costs no allocation for the address.
+struct IpText {
+    buf: [u8; 48],
+    len: usize,
+    /// The text when it did not fit (never for an IP address, but `Display` is not ours).
+    spilled: String,
+}
+
+impl Default for IpText {
+    fn default() -> Self {
+        Self {
+            buf: [0; 48],
+            len: 0,
+            spilled: String::new(),
+        }
+    }
+}
+
+impl IpText {
+    fn format(&mut self, ip: IpAddr) -> &str {
+        match ip {
+            IpAddr::V4(v4) => {
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        self.byte(b'.');
+                    }
+                    if octet >= 100 {
+                        self.byte(b'0' + octet / 100);
+                    }
+                    if octet >= 10 {
+                        self.byte(b'0' + octet / 10 % 10);
+                    }
+                    self.byte(b'0' + octet % 10);
+                }
+            }
+            IpAddr::V6(v6) => {
+                use std::fmt::Write as _;
+                if write!(self, "{v6}").is_err() {
+                    self.spilled = v6.to_string();
+                    return &self.spilled;
+                }
+            }
+        }
+        // Only ASCII digits, hex digits, '.' and ':' were written.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+
+    /// Appends `byte` (at most 15 for an IPv4 address: always room).
+    fn byte(&mut self, byte: u8) {
+        if let Some(slot) = self.buf.get_mut(self.len) {
+            *slot = byte;
+            self.len += 1;
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8]) -> bool {
+        let end = self.len + bytes.len();
+        match self.buf.get_mut(self.len..end) {
+            Some(slot) => {
+                slot.copy_from_slice(bytes);
+                self.len = end;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl fmt::Write for IpText {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        if self.push(s.as_bytes()) {
+            Ok(())
+        } else {
+            Err(fmt::Error)
+        }
     }
 }
 
@@ -134,13 +233,23 @@ pub struct Header(pub HeaderName);
 
 impl<B> KeyExtractor<B> for Header {
     fn extract(&self, domain: &str, req: &Request<B>) -> Result<Key, KeyRejection> {
-        let mut value = String::new();
-        for (i, line) in req.headers().get_all(&self.0).iter().enumerate() {
-            if i > 0 {
-                value.push(',');
+        let all = req.headers().get_all(&self.0);
+        let mut lines = all.iter();
+        let value: Cow<'_, str> = match (lines.next(), lines.next()) {
+            (None, _) => Cow::Borrowed(""),
+            // One line (the common case) is read in place.
+            (Some(line), None) => String::from_utf8_lossy(line.as_bytes()),
+            (Some(_), Some(_)) => {
+                let mut joined = String::new();
+                for (i, line) in all.iter().enumerate() {
+                    if i > 0 {
+                        joined.push(',');
+                    }
+                    joined.push_str(&String::from_utf8_lossy(line.as_bytes()));
+                }
+                Cow::Owned(joined)
             }
-            value.push_str(&String::from_utf8_lossy(line.as_bytes()));
-        }
+        };
         if value.trim().is_empty() {
             return Err(KeyRejection::Missing {
                 what: format!("header {}", self.0),
@@ -165,6 +274,10 @@ impl Constant {
 impl<B> KeyExtractor<B> for Constant {
     fn extract(&self, domain: &str, _req: &Request<B>) -> Result<Key, KeyRejection> {
         Ok(Key::new(domain, [("const", self.0.as_str())])?)
+    }
+
+    fn is_constant(&self) -> bool {
+        true
     }
 }
 
@@ -221,5 +334,41 @@ where
             what: "key (closure returned none)".to_owned(),
         })?;
         Ok(Key::new(domain, [("id", value)])?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_text_is_what_display_writes() {
+        let ips = [
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.0.100.9",
+            "192.0.2.7",
+            "1.20.199.250",
+            "::",
+            "::1",
+            "2001:db8::1",
+            "2001:db8:0:1:1:1:1:1",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "::ffff:1.2.3.4",
+            "fe80::1%1",
+        ];
+        for text in ips {
+            // `fe80::1%1` has a zone, which `IpAddr` does not: skip what does not parse.
+            let Ok(ip) = text.parse::<IpAddr>() else {
+                continue;
+            };
+            let mut buf = IpText::default();
+            assert_eq!(buf.format(ip), ip.to_string());
+        }
+        for n in (0..=u32::MAX).step_by(16_777_259) {
+            let ip = IpAddr::from(n.to_be_bytes());
+            let mut buf = IpText::default();
+            assert_eq!(buf.format(ip), ip.to_string());
+        }
     }
 }

@@ -2,13 +2,15 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use sluice_http::{HeaderStyle, PolicyItem, encode_policy_header};
 use sluice_store::Store;
 use tower_layer::Layer;
 
-use crate::limits::{CostFn, LimitSpec, UnitCost};
-use crate::service::{RateLimit, Shared};
+use crate::headers::Prebuilt;
+use crate::limits::{CostFn, LimitInfo, LimitSpec, UnitCost};
+use crate::service::{Config, RateLimit, Shared};
 
 /// Why a layer could not be configured.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -43,9 +45,10 @@ pub type WithLimit<S, L, E, C> = RateLimitLayer<S, (L, LimitSpec<E>), C>;
 pub struct RateLimitLayer<S, L = (), C = UnitCost> {
     store: Arc<S>,
     limits: L,
-    names: Vec<Arc<str>>,
+    infos: Vec<LimitInfo>,
     cost: C,
     style: HeaderStyle,
+    max_wait: Option<Duration>,
 }
 
 impl<S: Store> RateLimitLayer<S> {
@@ -59,9 +62,10 @@ impl<S: Store> RateLimitLayer<S> {
         Self {
             store,
             limits: (),
-            names: Vec::new(),
+            infos: Vec::new(),
             cost: UnitCost,
             style: HeaderStyle::default(),
+            max_wait: None,
         }
     }
 }
@@ -84,19 +88,20 @@ impl<S, L, C> RateLimitLayer<S, L, C> {
             name: name.to_string(),
             reason: e.to_string(),
         })?;
-        if self.names.contains(&name) {
+        if self.infos.iter().any(|info| info.name == name) {
             return Err(ConfigError::DuplicateName {
                 name: name.to_string(),
             });
         }
-        let mut names = self.names;
-        names.push(name);
+        let mut infos = self.infos;
+        infos.push(LimitInfo::of(&spec));
         Ok(RateLimitLayer {
             store: self.store,
             limits: (self.limits, spec),
-            names,
+            infos,
             cost: self.cost,
             style: self.style,
+            max_wait: self.max_wait,
         })
     }
 
@@ -105,9 +110,10 @@ impl<S, L, C> RateLimitLayer<S, L, C> {
         RateLimitLayer {
             store: self.store,
             limits: self.limits,
-            names: self.names,
+            infos: self.infos,
             cost: CostFn(f),
             style: self.style,
+            max_wait: self.max_wait,
         }
     }
 
@@ -116,6 +122,33 @@ impl<S, L, C> RateLimitLayer<S, L, C> {
     #[must_use]
     pub fn header_style(self, style: HeaderStyle) -> Self {
         Self { style, ..self }
+    }
+
+    /// Waits up to `max_wait` for capacity instead of refusing, for callers that prefer
+    /// a delay to a `429`.
+    ///
+    /// Each request then takes a reservation (`Store::reserve`, all limits or none) for
+    /// the earliest instant its units are free; the layer sleeps until then (tokio's timer,
+    /// so the service must run on a tokio runtime with time enabled) and calls the inner
+    /// service. A request whose wait would be longer than `max_wait` is refused as without
+    /// this option (its `Retry-After` is how much longer than `max_wait` it would have had
+    /// to wait). Requests keep their order per key: each reservation queues behind the
+    /// earlier ones.
+    ///
+    /// A request dropped while it waits (its client went away, a timeout) gives its
+    /// reservation back: the in-memory store at once, any other store through a `cancel`
+    /// spawned on the current tokio runtime (best effort: if that fails the capacity stays
+    /// taken, as if the request had run, so the limit is never exceeded).
+    ///
+    /// The headers of an admitted request describe the limit when it is let through.
+    /// `poll_ready` still never waits: the inner service's readiness is held while the
+    /// request sleeps.
+    #[must_use]
+    pub fn max_wait(self, max_wait: Duration) -> Self {
+        Self {
+            max_wait: Some(max_wait),
+            ..self
+        }
     }
 
     /// The store.
@@ -129,18 +162,21 @@ impl<S, L: Clone, C: Clone> Clone for RateLimitLayer<S, L, C> {
         Self {
             store: self.store.clone(),
             limits: self.limits.clone(),
-            names: self.names.clone(),
+            infos: self.infos.clone(),
             cost: self.cost.clone(),
             style: self.style,
+            max_wait: self.max_wait,
         }
     }
 }
 
 impl<S, L, C> fmt::Debug for RateLimitLayer<S, L, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.infos.iter().map(|i| &*i.name).collect();
         f.debug_struct("RateLimitLayer")
-            .field("limits", &self.names)
+            .field("limits", &names)
             .field("style", &self.style)
+            .field("max_wait", &self.max_wait)
             .finish_non_exhaustive()
     }
 }
@@ -154,9 +190,13 @@ impl<I, S, L: Clone, C: Clone> Layer<I> for RateLimitLayer<S, L, C> {
             Arc::new(Shared {
                 store: self.store.clone(),
                 limits: self.limits.clone(),
-                names: self.names.clone(),
                 cost: self.cost.clone(),
-                style: self.style,
+                config: Config {
+                    headers: Prebuilt::new(self.style, &self.infos),
+                    infos: self.infos.clone(),
+                    style: self.style,
+                    max_wait: self.max_wait,
+                },
             }),
         )
     }

@@ -11,9 +11,20 @@
 //! through untouched.
 //!
 //! It decides in `call` and never holds requests in `poll_ready`, so it fits axum's
-//! router. It is not for outbound pacing (waiting for an upstream's quota: that is the
-//! planned egress crate), it does not wait for capacity instead of refusing, it spawns
-//! nothing and reads no clock (the store does).
+//! router. With the in-memory store the decision is made right there, synchronously, and
+//! the response future is the inner service's own (no boxing; a client's key is cached,
+//! the `RateLimit-Policy` value is built once), so the common case of one limit allocates
+//! nothing but the `RateLimit` header value (and the response's header map, as any header
+//! does). A caller that prefers a delay to a
+//! `429` can have the layer wait for capacity instead
+//! ([`max_wait`](RateLimitLayer::max_wait): a reservation, then tokio's timer). A `401`
+//! for a missing key carries a `WWW-Authenticate` challenge
+//! ([`LimitSpec::www_authenticate`]).
+//!
+//! It is not for outbound pacing (waiting for an upstream's quota: that is
+//! `sluice-egress`), and it reads no clock (the store does). It spawns nothing, except
+//! the cancel of a reservation whose request was dropped while waiting on a store that is
+//! not in memory.
 //!
 //! ```
 //! use sluice_core::Policy;
@@ -28,9 +39,12 @@
 //! ```
 
 mod body;
+mod cache;
 mod extract;
+mod headers;
 mod layer;
 mod limits;
+mod memory;
 mod proxy;
 mod service;
 

@@ -1,11 +1,11 @@
 //! The limits a request is checked against, and what it costs.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use http::Request;
+use http::{HeaderValue, Request};
 use sluice_core::{Key, Policy};
-use sluice_store::FailurePolicy;
+use sluice_store::{FailurePolicy, Limit};
 
 use crate::extract::{KeyExtractor, KeyRejection};
 
@@ -15,7 +15,8 @@ pub enum OnMissingKey {
     /// Answer `400 Bad Request` (the default).
     #[default]
     BadRequest,
-    /// Answer `401 Unauthorized` (for an API-key or identity limit).
+    /// Answer `401 Unauthorized` (for an API-key or identity limit), with the limit's
+    /// `WWW-Authenticate` challenge (see [`LimitSpec::www_authenticate`]).
     Unauthorized,
     /// Count the request against one shared key with this name
     /// (`<domain>|fallback=<name>`), so all keyless requests share one budget.
@@ -31,6 +32,9 @@ pub struct LimitSpec<E> {
     pub(crate) extractor: E,
     pub(crate) on_missing: OnMissingKey,
     pub(crate) on_failure: FailurePolicy,
+    pub(crate) challenge: HeaderValue,
+    /// The key of an extractor that gives every request the same one, built on first use.
+    pub(crate) constant: OnceLock<Key>,
 }
 
 impl<E> LimitSpec<E> {
@@ -42,6 +46,8 @@ impl<E> LimitSpec<E> {
             extractor,
             on_missing: OnMissingKey::default(),
             on_failure: FailurePolicy::default(),
+            challenge: HeaderValue::from_static("Bearer"),
+            constant: OnceLock::new(),
         }
     }
 
@@ -58,6 +64,15 @@ impl<E> LimitSpec<E> {
         Self { on_failure, ..self }
     }
 
+    /// The same limit answering its `401` ([`OnMissingKey::Unauthorized`]) with
+    /// `WWW-Authenticate: <challenge>` (default `Bearer`), e.g.
+    /// `Bearer realm="api"` or `ApiKey header="x-api-key"`. RFC 9110 requires a 401 to
+    /// carry at least one challenge, so there is always one.
+    #[must_use]
+    pub fn www_authenticate(self, challenge: HeaderValue) -> Self {
+        Self { challenge, ..self }
+    }
+
     /// The limit's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -69,20 +84,67 @@ impl<E> LimitSpec<E> {
     }
 }
 
-/// One limit resolved for one request.
+/// What the layer keeps of one limit besides its extractor, in the order the limits were
+/// added: the `i`-th key a [`LimitSet`] resolves is checked under the `i`-th of these.
 #[derive(Clone, Debug)]
-pub(crate) struct Resolved {
+pub(crate) struct LimitInfo {
     pub(crate) name: Arc<str>,
     pub(crate) policy: Policy,
-    pub(crate) key: Key,
     pub(crate) on_failure: FailurePolicy,
+}
+
+impl LimitInfo {
+    pub(crate) fn of<E>(spec: &LimitSpec<E>) -> Self {
+        Self {
+            name: spec.name.clone(),
+            policy: spec.policy,
+            on_failure: spec.on_failure,
+        }
+    }
+
+    /// The store's view of this limit on `key`.
+    pub(crate) fn limit<'a>(&'a self, key: &'a Key) -> Limit<'a> {
+        Limit::new(key, &self.policy).on_failure(self.on_failure)
+    }
+}
+
+/// The keys of one request, one per limit, without a heap allocation for one limit (the
+/// common case).
+#[derive(Debug, Default)]
+pub(crate) enum Keys {
+    #[default]
+    Empty,
+    One(Key),
+    Many(Vec<Key>),
+}
+
+impl Keys {
+    fn push(&mut self, key: Key) {
+        *self = match std::mem::take(self) {
+            Self::Empty => Self::One(key),
+            Self::One(first) => Self::Many(vec![first, key]),
+            Self::Many(mut all) => {
+                all.push(key);
+                Self::Many(all)
+            }
+        };
+    }
+
+    pub(crate) fn as_slice(&self) -> &[Key] {
+        match self {
+            Self::Empty => &[],
+            Self::One(key) => std::slice::from_ref(key),
+            Self::Many(all) => all,
+        }
+    }
 }
 
 /// A request the layer answers itself because a limit found no key.
 #[derive(Clone, Debug)]
 pub(crate) struct Refusal {
     pub(crate) name: Arc<str>,
-    pub(crate) unauthorized: bool,
+    /// The `WWW-Authenticate` challenge of a `401`; `None` for a `400`.
+    pub(crate) challenge: Option<HeaderValue>,
     pub(crate) reason: KeyRejection,
 }
 
@@ -98,10 +160,10 @@ pub trait LimitSet<B>: Clone + Send + Sync + 'static {
         self.len() == 0
     }
 
-    /// Resolves every limit for `req`, in the order they were added.
+    /// Resolves every limit's key for `req`, in the order they were added.
     #[doc(hidden)]
     #[allow(private_interfaces)]
-    fn resolve(&self, req: &Request<B>, out: &mut Vec<Resolved>) -> Result<(), Refusal>;
+    fn resolve(&self, req: &Request<B>, out: &mut Keys) -> Result<(), Refusal>;
 }
 
 impl<B> LimitSet<B> for () {
@@ -110,7 +172,7 @@ impl<B> LimitSet<B> for () {
     }
 
     #[allow(private_interfaces)]
-    fn resolve(&self, _req: &Request<B>, _out: &mut Vec<Resolved>) -> Result<(), Refusal> {
+    fn resolve(&self, _req: &Request<B>, _out: &mut Keys) -> Result<(), Refusal> {
         Ok(())
     }
 }
@@ -125,33 +187,39 @@ where
     }
 
     #[allow(private_interfaces)]
-    fn resolve(&self, req: &Request<B>, out: &mut Vec<Resolved>) -> Result<(), Refusal> {
+    fn resolve(&self, req: &Request<B>, out: &mut Keys) -> Result<(), Refusal> {
         self.0.resolve(req, out)?;
         let spec = &self.1;
+        if let Some(key) = spec.constant.get() {
+            out.push(key.clone());
+            return Ok(());
+        }
         let key = match spec.extractor.extract(&spec.name, req) {
-            Ok(key) => key,
+            Ok(key) => {
+                if spec.extractor.is_constant() {
+                    // Another thread may have set it meanwhile: the same key.
+                    let _ = spec.constant.set(key.clone());
+                }
+                key
+            }
             Err(reason) => match &spec.on_missing {
                 OnMissingKey::Fallback(name) => Key::new(&spec.name, [("fallback", name)])
                     .map_err(|e| Refusal {
                         name: spec.name.clone(),
-                        unauthorized: false,
+                        challenge: None,
                         reason: KeyRejection::Invalid(e),
                     })?,
                 other => {
                     return Err(Refusal {
                         name: spec.name.clone(),
-                        unauthorized: *other == OnMissingKey::Unauthorized,
+                        challenge: (*other == OnMissingKey::Unauthorized)
+                            .then(|| spec.challenge.clone()),
                         reason,
                     });
                 }
             },
         };
-        out.push(Resolved {
-            name: spec.name.clone(),
-            policy: spec.policy,
-            key,
-            on_failure: spec.on_failure,
-        });
+        out.push(key);
         Ok(())
     }
 }

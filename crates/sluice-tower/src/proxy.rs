@@ -159,6 +159,7 @@ impl TrustedProxies {
 
 /// IPv4-mapped IPv6 addresses as IPv4, so a dual-stack listener keys `::ffff:1.2.3.4`
 /// and `1.2.3.4` alike.
+#[inline]
 pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),

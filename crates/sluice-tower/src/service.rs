@@ -5,17 +5,21 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::CONTENT_TYPE;
+use http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Request, Response, StatusCode};
-use sluice_core::{Decision, Policy, Verdict};
-use sluice_http::{HeaderStyle, PROBLEM_CONTENT_TYPE, problem_body, write_headers};
-use sluice_store::{Limit, Store};
+use pin_project_lite::pin_project;
+use sluice_core::{Decision, Key, Policy, Verdict};
+use sluice_http::{HeaderStyle, PROBLEM_CONTENT_TYPE, problem_body};
+use sluice_store::{Limit, Reservation, Store};
 use tower_service::Service;
 
 use crate::body::ResponseBody;
-use crate::limits::{LimitSet, Refusal, RequestCost, Resolved};
+use crate::headers::{Prebuilt, Stamp};
+use crate::limits::{Keys, LimitInfo, LimitSet, Refusal, RequestCost};
+use crate::memory::{Memory, memory};
 
 /// The problem type of a request refused because a limit found no key in it.
 pub const MISSING_KEY_PROBLEM_TYPE: &str = "https://sluice.dev/problems/missing-key";
@@ -26,29 +30,123 @@ pub const UNAVAILABLE_PROBLEM_TYPE: &str = "https://sluice.dev/problems/limiter-
 pub(crate) struct Shared<S, L, C> {
     pub(crate) store: Arc<S>,
     pub(crate) limits: L,
-    pub(crate) names: Vec<Arc<str>>,
     pub(crate) cost: C,
-    pub(crate) style: HeaderStyle,
+    pub(crate) config: Config,
 }
 
-/// The future of [`RateLimit::call`]. Boxed because a [`Store`]'s futures cannot be
-/// named (they are `impl Future` in the trait).
-pub type ResponseFuture<B, E> =
+/// The part of [`Shared`] that does not depend on the type parameters.
+pub(crate) struct Config {
+    /// One per limit, in the order the limits were added.
+    pub(crate) infos: Vec<LimitInfo>,
+    pub(crate) style: HeaderStyle,
+    pub(crate) headers: Prebuilt,
+    /// Wait up to this long for capacity instead of refusing (`None`: refuse at once).
+    pub(crate) max_wait: Option<Duration>,
+}
+
+type BoxedResponse<B, E> =
     Pin<Box<dyn Future<Output = Result<Response<ResponseBody<B>>, E>> + Send + 'static>>;
+
+pin_project! {
+    /// The future of [`RateLimit::call`].
+    ///
+    /// With the in-memory store the decision is made in `call` and this is the inner
+    /// service's future (or the layer's own answer): no allocation. Other stores, whose
+    /// futures cannot be named, and waiting for capacity
+    /// ([`max_wait`](crate::RateLimitLayer::max_wait)) go through a boxed future.
+    pub struct ResponseFuture<F, B, E> {
+        #[pin]
+        state: State<F, B, E>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, B, E> {
+        // The layer's own answer.
+        Ready { response: Option<Response<ResponseBody<B>>> },
+        // Admitted: the inner service's answer gets `stamp`.
+        Inner { #[pin] future: F, stamp: Option<Stamp> },
+        // Deciding with an asynchronous store, or waiting for capacity.
+        Boxed { future: BoxedResponse<B, E> },
+    }
+}
+
+impl<F, B, E> ResponseFuture<F, B, E> {
+    fn ready(response: Response<ResponseBody<B>>) -> Self {
+        Self {
+            state: State::Ready {
+                response: Some(response),
+            },
+        }
+    }
+
+    fn inner(future: F, stamp: Stamp) -> Self {
+        Self {
+            state: State::Inner {
+                future,
+                stamp: Some(stamp),
+            },
+        }
+    }
+
+    fn boxed(future: BoxedResponse<B, E>) -> Self {
+        Self {
+            state: State::Boxed { future },
+        }
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B, E>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<ResponseBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Ready { response } => {
+                Poll::Ready(Ok(response.take().expect("polled after completion")))
+            }
+            StateProj::Inner { future, stamp } => {
+                let response = std::task::ready!(future.poll(cx))?;
+                let stamp = stamp.take().expect("polled after completion");
+                Poll::Ready(Ok(stamped(stamp, response)))
+            }
+            StateProj::Boxed { future } => future.as_mut().poll(cx),
+        }
+    }
+}
+
+impl<F, B, E> fmt::Debug for ResponseFuture<F, B, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Ready { .. } => "ready",
+            State::Inner { .. } => "inner",
+            State::Boxed { .. } => "boxed",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish_non_exhaustive()
+    }
+}
 
 /// The middleware built by [`RateLimitLayer`](crate::RateLimitLayer).
 ///
-/// `poll_ready` is the inner service's: this service never waits for capacity. `call`
-/// takes every limit's key from the request, asks the store for all of them at once
-/// (`Store::check_all`, all or nothing) and then:
+/// `poll_ready` is the inner service's: this service never waits for capacity there.
+/// `call` takes every limit's key from the request, asks the store for all of them at once
+/// (all or nothing) and then:
 ///
 /// - allowed: calls the inner service and adds the rate limit headers to its response
 ///   (body untouched);
 /// - refused: answers `429 Too Many Requests` with `Retry-After`, the rate limit headers
 ///   and an RFC 9457 problem body listing the violated limits, without calling the inner
 ///   service;
-/// - a limit found no key: `400` or `401` with a problem body, or the limit's fallback key
-///   (see [`OnMissingKey`](crate::OnMissingKey));
+/// - with [`max_wait`](crate::RateLimitLayer::max_wait): reserves the capacity instead,
+///   waits until it is ready (at most `max_wait`), then calls the inner service; refuses
+///   as above when the wait would be longer;
+/// - a limit found no key: `400`, or `401` with `WWW-Authenticate`, with a problem body,
+///   or the limit's fallback key (see [`OnMissingKey`](crate::OnMissingKey));
 /// - the store failed: `503 Service Unavailable` with a problem body. (A `FallbackStore`
 ///   applies each limit's failure policy first and does not fail.)
 pub struct RateLimit<I, S, L = (), C = crate::UnitCost> {
@@ -88,10 +186,12 @@ impl<I: Clone, S, L, C> Clone for RateLimit<I, S, L, C> {
 
 impl<I: fmt::Debug, S, L, C> fmt::Debug for RateLimit<I, S, L, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.shared.config.infos.iter().map(|i| &*i.name).collect();
         f.debug_struct("RateLimit")
             .field("inner", &self.inner)
-            .field("limits", &self.shared.names)
-            .field("style", &self.shared.style)
+            .field("limits", &names)
+            .field("style", &self.shared.config.style)
+            .field("max_wait", &self.shared.config.max_wait)
             .finish_non_exhaustive()
     }
 }
@@ -108,31 +208,129 @@ where
 {
     type Response = Response<ResponseBody<ResB>>;
     type Error = I::Error;
-    type Future = ResponseFuture<ResB, I::Error>;
+    type Future = ResponseFuture<I::Future, ResB, I::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let mut resolved: Vec<Resolved> = Vec::with_capacity(self.shared.limits.len());
-        if let Err(refusal) = self.shared.limits.resolve(&req, &mut resolved) {
-            let response = missing_key(&refusal);
-            return Box::pin(async move { Ok(response) });
+        let shared = &*self.shared;
+        let mut keys = Keys::default();
+        if let Err(refusal) = shared.limits.resolve(&req, &mut keys) {
+            return ResponseFuture::ready(missing_key(&refusal));
         }
-        let cost = self.shared.cost.cost(&req);
-        // Call the instance that was driven to readiness; leave a fresh clone for the next
-        // `poll_ready`.
-        let fresh = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, fresh);
-        let shared = self.shared.clone();
-        Box::pin(async move {
-            let limits: Vec<Limit<'_>> = resolved
+        let cost = shared.cost.cost(&req);
+        let config = &shared.config;
+        let Some(store) = memory(&*shared.store) else {
+            let shared = self.shared.clone();
+            let inner = take(&mut self.inner);
+            return ResponseFuture::boxed(Box::pin(decide_async(shared, keys, cost, inner, req)));
+        };
+        let Some(max_wait) = config.max_wait else {
+            // The common case: decided here, the inner future returned as it is.
+            let stamp = match decide_now(store, config, keys.as_slice(), cost) {
+                Decided::One(decision) if decision.allowed => {
+                    config.headers.stamp(std::slice::from_ref(&decision))
+                }
+                Decided::Many(verdict) if verdict.allowed => {
+                    config.headers.stamp(&verdict.decisions)
+                }
+                Decided::One(decision) => {
+                    return ResponseFuture::ready(refused(config, &[decision]));
+                }
+                Decided::Many(verdict) => {
+                    return ResponseFuture::ready(refused(config, &verdict.decisions));
+                }
+            };
+            let mut inner = take(&mut self.inner);
+            return ResponseFuture::inner(inner.call(req), stamp);
+        };
+        let reservation = with_limits(config, keys.as_slice(), |limits| {
+            store.reserve(limits, cost, max_wait)
+        });
+        if !reservation.granted() {
+            return ResponseFuture::ready(refused(config, &reservation.verdict.decisions));
+        }
+        let stamp = waited_stamp(config, &reservation);
+        let mut inner = take(&mut self.inner);
+        if reservation.wait.is_zero() {
+            return ResponseFuture::inner(inner.call(req), stamp);
+        }
+        let wait = reservation.wait;
+        let guard = CancelOnDrop {
+            store: self.shared.store.clone(),
+            reservation: Some(reservation),
+        };
+        ResponseFuture::boxed(Box::pin(async move {
+            wait_out(guard, wait).await;
+            let response = inner.call(req).await?;
+            Ok(stamped(stamp, response))
+        }))
+    }
+}
+
+/// The instance that was driven to readiness, leaving a fresh clone for the next
+/// `poll_ready`.
+fn take<I: Clone>(inner: &mut I) -> I {
+    let fresh = inner.clone();
+    std::mem::replace(inner, fresh)
+}
+
+/// A decision of the in-memory store: one limit needs no `Vec`.
+enum Decided {
+    One(Decision),
+    Many(Verdict),
+}
+
+fn decide_now(store: Memory<'_>, config: &Config, keys: &[Key], cost: u64) -> Decided {
+    match (keys, config.infos.as_slice()) {
+        ([key], [info]) => Decided::One(store.check(info.limit(key), cost)),
+        _ => Decided::Many(with_limits(config, keys, |limits| {
+            store.check_all(limits, cost)
+        })),
+    }
+}
+
+/// Calls `f` with the store's view of every limit on its key.
+fn with_limits<R>(config: &Config, keys: &[Key], f: impl FnOnce(&[Limit<'_>]) -> R) -> R {
+    match (keys, config.infos.as_slice()) {
+        ([key], [info]) => f(&[info.limit(key)]),
+        _ => {
+            let limits: Vec<Limit<'_>> = config
+                .infos
                 .iter()
-                .map(|r| Limit::new(&r.key, &r.policy).on_failure(r.on_failure))
+                .zip(keys)
+                .map(|(info, key)| info.limit(key))
                 .collect();
-            // One limit (the common case) takes the store's single check, which needs no
-            // transaction bookkeeping.
+            f(&limits)
+        }
+    }
+}
+
+/// Any store: decides (or reserves and waits) in the returned future.
+async fn decide_async<I, S, L, C, ReqB, ResB>(
+    shared: Arc<Shared<S, L, C>>,
+    keys: Keys,
+    cost: u64,
+    mut inner: I,
+    req: Request<ReqB>,
+) -> Result<Response<ResponseBody<ResB>>, I::Error>
+where
+    I: Service<Request<ReqB>, Response = Response<ResB>>,
+    S: Store,
+{
+    let config = &shared.config;
+    let limits: Vec<Limit<'_>> = config
+        .infos
+        .iter()
+        .zip(keys.as_slice())
+        .map(|(info, key)| info.limit(key))
+        .collect();
+    let stamp = match config.max_wait {
+        None => {
+            // One limit takes the store's single check, which needs no transaction
+            // bookkeeping.
             let verdict = match limits.as_slice() {
                 [limit] => shared
                     .store
@@ -144,22 +342,93 @@ where
             let Ok(verdict) = verdict else {
                 return Ok(unavailable());
             };
-            let items: Vec<(&str, &Policy, &Decision)> = resolved
-                .iter()
-                .zip(&verdict.decisions)
-                .map(|(r, d)| (&*r.name, &r.policy, d))
-                .collect();
             if !verdict.allowed {
-                return Ok(refused(shared.style, &items));
+                return Ok(refused(config, &verdict.decisions));
             }
-            let response = inner.call(req).await?;
-            let (mut parts, body) = response.into_parts();
-            // Names were checked when the limits were added, so this cannot fail; if it
-            // did, the response would go out without rate limit headers.
-            let _ = write_headers(&mut parts.headers, shared.style, &items);
-            Ok(Response::from_parts(parts, ResponseBody::inner(body)))
-        })
+            config.headers.stamp(&verdict.decisions)
+        }
+        Some(max_wait) => {
+            let Ok(reservation) = shared.store.reserve(&limits, cost, max_wait).await else {
+                return Ok(unavailable());
+            };
+            if !reservation.granted() {
+                return Ok(refused(config, &reservation.verdict.decisions));
+            }
+            let stamp = waited_stamp(config, &reservation);
+            let wait = reservation.wait;
+            if !wait.is_zero() {
+                let guard = CancelOnDrop {
+                    store: shared.store.clone(),
+                    reservation: Some(reservation),
+                };
+                wait_out(guard, wait).await;
+            }
+            stamp
+        }
+    };
+    let response = inner.call(req).await?;
+    Ok(stamped(stamp, response))
+}
+
+/// The headers of a granted reservation, as they stand once its wait is over: the
+/// decisions were made when it was taken, so their resets are `wait` closer.
+fn waited_stamp(config: &Config, reservation: &Reservation) -> Stamp {
+    let wait = reservation.wait;
+    if wait.is_zero() {
+        return config.headers.stamp(&reservation.verdict.decisions);
     }
+    let decisions: Vec<Decision> = reservation
+        .verdict
+        .decisions
+        .iter()
+        .map(|d| Decision {
+            reset_after: d.reset_after.saturating_sub(wait),
+            ..*d
+        })
+        .collect();
+    config.headers.stamp(&decisions)
+}
+
+/// Sleeps `wait` (tokio's timer), then keeps the reservation `guard` holds.
+async fn wait_out<S: Store>(mut guard: CancelOnDrop<S>, wait: Duration) {
+    tokio::time::sleep(wait).await;
+    guard.reservation = None;
+}
+
+/// Gives a reservation back if the request is dropped while it waits for it.
+///
+/// Drop cannot await: the in-memory store cancels synchronously; any other store's cancel
+/// is spawned on the current tokio runtime (best effort: without a runtime, or if that
+/// call fails, the capacity stays taken, as if the request had run, which never admits
+/// more than the limit).
+struct CancelOnDrop<S: Store> {
+    store: Arc<S>,
+    reservation: Option<Reservation>,
+}
+
+impl<S: Store> Drop for CancelOnDrop<S> {
+    fn drop(&mut self) {
+        let Some(reservation) = self.reservation.take() else {
+            return;
+        };
+        if let Some(store) = memory(&*self.store) {
+            store.cancel(&reservation);
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let store = self.store.clone();
+            runtime.spawn(async move {
+                let _ = store.cancel(&reservation).await;
+            });
+        }
+    }
+}
+
+/// The inner service's response with the rate limit headers; its body untouched.
+fn stamped<B>(stamp: Stamp, response: Response<B>) -> Response<ResponseBody<B>> {
+    let (mut parts, body) = response.into_parts();
+    stamp.write(&mut parts.headers);
+    Response::from_parts(parts, ResponseBody::inner(body))
 }
 
 /// A response with `status` and a problem document.
@@ -172,18 +441,27 @@ fn problem<B>(status: StatusCode, body: Vec<u8>) -> Response<ResponseBody<B>> {
     response
 }
 
-fn refused<B>(
-    style: HeaderStyle,
-    items: &[(&str, &Policy, &Decision)],
-) -> Response<ResponseBody<B>> {
-    let (_, body) = problem_body(items);
+fn refused<B>(config: &Config, decisions: &[Decision]) -> Response<ResponseBody<B>> {
+    let items: Vec<(&str, &Policy, &Decision)> = config
+        .infos
+        .iter()
+        .zip(decisions)
+        .map(|(info, decision)| (&*info.name, &info.policy, decision))
+        .collect();
+    let (_, body) = problem_body(&items);
     let mut response = problem(StatusCode::TOO_MANY_REQUESTS, body);
-    let _ = write_headers(response.headers_mut(), style, items);
+    config
+        .headers
+        .stamp(decisions)
+        .write(response.headers_mut());
+    if let Some(retry_after) = Prebuilt::retry_after(decisions) {
+        response.headers_mut().insert(RETRY_AFTER, retry_after);
+    }
     response
 }
 
 fn missing_key<B>(refusal: &Refusal) -> Response<ResponseBody<B>> {
-    let status = if refusal.unauthorized {
+    let status = if refusal.challenge.is_some() {
         StatusCode::UNAUTHORIZED
     } else {
         StatusCode::BAD_REQUEST
@@ -194,7 +472,13 @@ fn missing_key<B>(refusal: &Refusal) -> Response<ResponseBody<B>> {
         "status": status.as_u16(),
         "detail": format!("Rate limit \"{}\" cannot identify the client: {}.", refusal.name, refusal.reason),
     });
-    problem(status, body.to_string().into_bytes())
+    let mut response = problem(status, body.to_string().into_bytes());
+    if let Some(challenge) = &refusal.challenge {
+        response
+            .headers_mut()
+            .insert(WWW_AUTHENTICATE, challenge.clone());
+    }
+    response
 }
 
 fn unavailable<B>() -> Response<ResponseBody<B>> {

@@ -408,6 +408,65 @@ async fn a_request_without_a_key_gets_the_configured_outcome() {
     );
 }
 
+#[tokio::test]
+async fn a_401_carries_a_www_authenticate_challenge() {
+    let api_key = || Header(HeaderName::from_static("x-api-key"));
+    let unauthorized = |spec: LimitSpec<Header>| {
+        let (_clock, store) = new_store();
+        RateLimitLayer::new(store)
+            .limit(spec.on_missing_key(OnMissingKey::Unauthorized))
+            .expect("valid")
+            .layer(ok_service())
+    };
+
+    // The default challenge.
+    let svc = unauthorized(LimitSpec::new("per-key", policy("3/min"), api_key()));
+    let resp = svc.oneshot(Request::new(())).await.expect("infallible");
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(header(resp.headers(), "www-authenticate"), Some("Bearer"));
+    assert_eq!(
+        header(resp.headers(), "content-type"),
+        Some("application/problem+json")
+    );
+
+    // A configured one; a request with a key passes without any challenge.
+    let challenge = r#"ApiKey realm="api", header="x-api-key""#;
+    let svc = unauthorized(
+        LimitSpec::new("per-key", policy("3/min"), api_key())
+            .www_authenticate(HeaderValue::from_static(challenge)),
+    );
+    let resp = svc
+        .clone()
+        .oneshot(Request::new(()))
+        .await
+        .expect("infallible");
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let challenges: Vec<_> = resp.headers().get_all("www-authenticate").iter().collect();
+    assert_eq!(challenges, [challenge]);
+    let problem = body_json(resp.into_body()).await;
+    assert_eq!(problem["status"], 401);
+    assert_eq!(problem["title"], "Unauthorized");
+    let resp = svc
+        .oneshot(with_header(Request::new(()), "x-api-key", "k1"))
+        .await
+        .expect("infallible");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(header(resp.headers(), "www-authenticate"), None);
+
+    // A 400 (the default outcome) has none: it is not about credentials.
+    let (_clock, store) = new_store();
+    let svc = RateLimitLayer::new(store)
+        .limit(
+            LimitSpec::new("per-key", policy("3/min"), api_key())
+                .www_authenticate(HeaderValue::from_static(challenge)),
+        )
+        .expect("valid")
+        .layer(ok_service());
+    let resp = svc.oneshot(Request::new(())).await.expect("infallible");
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(header(resp.headers(), "www-authenticate"), None);
+}
+
 /// A body of several data frames and trailers, each frame handed out after one
 /// `Pending`, like a body fed by a slow producer.
 struct Chunked {
