@@ -358,8 +358,11 @@ async fn jitter_spreads_the_retries_of_many_clients() {
         "50 clients retried at {} distinct instants over {spread:?}",
         retries.len()
     );
+    // tokio's timer counts whole milliseconds, so 50 draws over the first retry's 500 ms
+    // share an instant about 2.5 times on average (the birthday bound); without jitter all
+    // 50 would share one.
     assert!(
-        retries.len() >= 45,
+        retries.len() >= 40,
         "{} distinct retry instants of 50",
         retries.len()
     );
