@@ -76,25 +76,7 @@ impl ProxyProcess {
 
     /// Sends SIGTERM and waits for a clean exit; returns the log.
     fn terminate(mut self) -> String {
-        let pid = self.child.id().to_string();
-        let killed = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill runs");
-        assert!(killed.success());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                assert!(
-                    status.success(),
-                    "exit status {status}:\n{}",
-                    self.log_text()
-                );
-                return self.log_text();
-            }
-            assert!(Instant::now() < deadline, "sluice proxy ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        support::terminate(&mut self.child, &self.log, "sluice proxy")
     }
 }
 

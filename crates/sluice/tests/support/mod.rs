@@ -93,25 +93,27 @@ impl ServeProcess {
 
     /// Sends SIGTERM to the PID and waits for a clean exit; returns the log.
     pub fn terminate(mut self) -> String {
-        let pid = self.child.id().to_string();
-        let killed = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill runs");
-        assert!(killed.success());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                assert!(
-                    status.success(),
-                    "exit status {status}:\n{}",
-                    self.log_text()
-                );
-                return self.log_text();
-            }
-            assert!(Instant::now() < deadline, "sluice serve ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
+        terminate(&mut self.child, &self.log, "sluice serve")
+    }
+}
+
+/// Sends SIGTERM to `child` and waits (at most 10 s) for a clean exit; returns its log.
+pub fn terminate(child: &mut Child, log: &Path, what: &str) -> String {
+    let log_text = || std::fs::read_to_string(log).unwrap_or_default();
+    let pid = child.id().to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            assert!(status.success(), "exit status {status}:\n{}", log_text());
+            return log_text();
         }
+        assert!(Instant::now() < deadline, "{what} ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
