@@ -31,6 +31,7 @@ pub mod aimd;
 pub mod algorithm;
 pub mod backoff;
 pub mod breaker;
+pub mod calendar;
 pub mod clock;
 pub mod decision;
 pub mod key;

@@ -3,6 +3,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use sluice_core::calendar;
+
 use crate::ceil_secs;
 use crate::error::{HeaderError, part};
 
@@ -134,13 +136,15 @@ fn parse_imf_fixdate(value: &str) -> Result<u64, HeaderError> {
         return Err(malformed(piece(12, 16), "year before 1970"));
     }
     let month = month as u64 + 1;
-    if day == 0 || day > days_in_month(year, month) {
+    // Four digits: the year fits in an i64, and the date's days in a u64 (year ≥ 1970).
+    let (y, m, d) = (year.cast_signed(), month.cast_signed(), day.cast_signed());
+    if day == 0 || d > calendar::days_in_month(y, m) {
         return Err(malformed(piece(5, 16), "no such day"));
     }
     if hour > 23 || minute > 59 || second > 59 {
         return Err(malformed(piece(17, 25), "time of day out of range"));
     }
-    let days = days_from_civil(year, month, day);
+    let days = calendar::days_from_civil(y, m, d).cast_unsigned();
     // 1970-01-01 was a Thursday (index 3 from Monday).
     if (days + 3) % 7 != weekday as u64 {
         return Err(malformed(piece(0, 3), "day name does not match the date"));
@@ -148,50 +152,13 @@ fn parse_imf_fixdate(value: &str) -> Result<u64, HeaderError> {
     Ok(days * 86_400 + hour * 3600 + minute * 60 + second)
 }
 
-fn is_leap(year: u64) -> bool {
-    year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400))
-}
-
-fn days_in_month(year: u64, month: u64) -> u64 {
-    match month {
-        2 if is_leap(year) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days from 1970-01-01 to a date in year ≥ 1970 (H. Hinnant's `days_from_civil`).
-fn days_from_civil(year: u64, month: u64, day: u64) -> u64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y / 400;
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The date `days` after 1970-01-01, as (year, month, day).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month, day)
-}
-
 /// Formats seconds since the epoch as an IMF-fixdate. Years past 9999 cannot be written in
 /// four digits and are printed in full (and will not parse back).
 fn format_imf_fixdate(unix_secs: u64) -> String {
     let days = unix_secs / 86_400;
     let rest = unix_secs % 86_400;
-    let (year, month, day) = civil_from_days(days);
+    // u64 seconds are at most 2^48 days: no overflow as an i64.
+    let (year, month, day) = calendar::civil_from_days(days.cast_signed());
     let weekday = DAYS
         .get(usize::try_from((days + 3) % 7).unwrap_or(0))
         .copied()

@@ -837,30 +837,11 @@ fn dimension() -> impl Strategy<Value = Dimension> {
         })
 }
 
-/// 1970-01-01 + `days`, as (year, month, day).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + u64::from(month <= 2), month, day)
-}
-
 fn rfc3339(unix_nanos: u64) -> String {
-    let secs = unix_nanos / 1_000_000_000;
-    let (year, month, day) = civil_from_days(secs / 86_400);
-    let rest = secs % 86_400;
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60,
-        unix_nanos % 1_000_000_000
-    )
+    // Whole seconds from sluice-core, then the fraction spliced in before the `Z`.
+    let secs = sluice_core::calendar::rfc3339_utc((unix_nanos / 1_000_000_000).cast_signed());
+    let whole = secs.trim_end_matches('Z');
+    format!("{whole}.{:09}Z", unix_nanos % 1_000_000_000)
 }
 
 proptest! {

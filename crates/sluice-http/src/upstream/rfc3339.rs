@@ -9,6 +9,8 @@
 //! second (`:60`) is accepted and counts as the first second of the next minute, as Unix
 //! time has no leap seconds.
 
+use sluice_core::calendar;
+
 /// Nanoseconds since 1970-01-01T00:00:00Z (negative before it) of an RFC 3339 date-time.
 pub(super) fn parse(text: &str) -> Result<i128, &'static str> {
     const LAYOUT: &str = "not an RFC 3339 date-time like 2025-08-21T12:40:59Z";
@@ -43,7 +45,7 @@ pub(super) fn parse(text: &str) -> Result<i128, &'static str> {
     let hour = digits(&[h1, h2]).ok_or(LAYOUT)?;
     let minute = digits(&[mi1, mi2]).ok_or(LAYOUT)?;
     let second = digits(&[s1, s2]).ok_or(LAYOUT)?;
-    if !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
+    if !(1..=12).contains(&month) || day == 0 || day > calendar::days_in_month(year, month) {
         return Err("no such date");
     }
     if hour > 23 || minute > 59 || second > 60 {
@@ -78,8 +80,9 @@ pub(super) fn parse(text: &str) -> Result<i128, &'static str> {
         }
         _ => return Err("the time must end in Z or an offset like +02:00"),
     };
-    let secs = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second
-        - offset_secs;
+    let secs =
+        calendar::days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second
+            - offset_secs;
     Ok(i128::from(secs) * 1_000_000_000 + nanos)
 }
 
@@ -90,31 +93,6 @@ fn digits(bytes: &[u8]) -> Option<i64> {
     })
 }
 
-fn is_leap(year: i64) -> bool {
-    year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)
-}
-
-fn days_in_month(year: i64, month: i64) -> i64 {
-    match month {
-        2 if is_leap(year) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days from 1970-01-01 to a proleptic Gregorian date (H. Hinnant's `days_from_civil`,
-/// signed: years 0000 to 9999 give -719 528 to 2 932 896).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -123,21 +101,8 @@ mod tests {
 
     const SEC: i128 = 1_000_000_000;
 
-    /// The date (year, month, day) `days` after 1970-01-01.
-    fn civil_from_days(days: i64) -> (i64, i64, i64) {
-        let z = days + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z.rem_euclid(146_097);
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = doy - (153 * mp + 2) / 5 + 1;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 };
-        (yoe + era * 400 + i64::from(month <= 2), month, day)
-    }
-
     fn format(secs: i64, nanos: u32) -> String {
-        let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
+        let (year, month, day) = calendar::civil_from_days(secs.div_euclid(86_400));
         let rest = secs.rem_euclid(86_400);
         format!(
             "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
