@@ -17,7 +17,7 @@ mod store;
 
 pub use fallback::{FallbackConfig, FallbackError, FallbackStats, FallbackStore};
 pub use memory::{HotKey, HotKeysConfig, MemoryConfig, MemoryStats, MemoryStore};
-pub use store::{FailurePolicy, Hold, Limit, Reservation, Store};
+pub use store::{FailurePolicy, Hold, Immediate, Limit, Reservation, Store};
 
 /// The README's Rust examples, compiled and run as doctests so they stay true.
 #[cfg(doctest)]

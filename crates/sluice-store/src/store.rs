@@ -187,4 +187,28 @@ pub trait Store: Send + Sync + 'static {
 
     /// Forgets the state of one limit, as if nobody had used it.
     fn reset(&self, limit: Limit<'_>) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// This store's synchronous twin, when it decides without waiting on anything (the
+    /// in-memory store): a caller on a hot path (sluice-tower's layer) then decides in
+    /// place, with no future to build or box. `None` (the default) for a store that does
+    /// I/O; the answers are the same either way.
+    fn immediate(&self) -> Option<&dyn Immediate> {
+        None
+    }
+}
+
+/// The synchronous operations of a store that never waits (see [`Store::immediate`]).
+/// Each is atomic and decides exactly as the [`Store`] method of the same name.
+pub trait Immediate: Send + Sync {
+    /// [`Store::check`], decided now.
+    fn check_now(&self, limit: Limit<'_>, cost: u64) -> Decision;
+
+    /// [`Store::check_all`], decided now.
+    fn check_all_now(&self, limits: &[Limit<'_>], cost: u64) -> Verdict;
+
+    /// [`Store::reserve`], decided now.
+    fn reserve_now(&self, limits: &[Limit<'_>], cost: u64, max_wait: Duration) -> Reservation;
+
+    /// [`Store::cancel`], done now.
+    fn cancel_now(&self, reservation: &Reservation);
 }

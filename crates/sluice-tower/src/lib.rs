@@ -11,7 +11,8 @@
 //! through untouched.
 //!
 //! It decides in `call` and never holds requests in `poll_ready`, so it fits axum's
-//! router. With the in-memory store the decision is made right there, synchronously, and
+//! router. With the in-memory store (any store whose [`immediate`](sluice_store::Store::immediate)
+//! twin decides without waiting) the decision is made right there, synchronously, and
 //! the response future is the inner service's own (no boxing; a client's key is cached,
 //! the `RateLimit-Policy` value is built once), so the common case of one limit allocates
 //! nothing but the `RateLimit` header value (and the response's header map, as any header
@@ -44,7 +45,6 @@ mod extract;
 mod headers;
 mod layer;
 mod limits;
-mod memory;
 mod proxy;
 mod service;
 

@@ -13,13 +13,12 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use sluice_core::{Decision, Key, Policy, Verdict};
 use sluice_http::{HeaderStyle, PROBLEM_CONTENT_TYPE, problem_body};
-use sluice_store::{Limit, Reservation, Store};
+use sluice_store::{Immediate, Limit, Reservation, Store};
 use tower_service::Service;
 
 use crate::body::ResponseBody;
 use crate::headers::{Prebuilt, Stamp};
 use crate::limits::{Keys, LimitInfo, LimitSet, Refusal, RequestCost};
-use crate::memory::{Memory, memory};
 
 /// The problem type of a request refused because a limit found no key in it.
 pub const MISSING_KEY_PROBLEM_TYPE: &str = "https://sluice.dev/problems/missing-key";
@@ -50,7 +49,8 @@ type BoxedResponse<B, E> =
 pin_project! {
     /// The future of [`RateLimit::call`].
     ///
-    /// With the in-memory store the decision is made in `call` and this is the inner
+    /// With a store that decides without waiting (the in-memory store, through
+    /// [`Store::immediate`]) the decision is made in `call` and this is the inner
     /// service's future (or the layer's own answer): no allocation. Other stores, whose
     /// futures cannot be named, and waiting for capacity
     /// ([`max_wait`](crate::RateLimitLayer::max_wait)) go through a boxed future.
@@ -222,7 +222,7 @@ where
         }
         let cost = shared.cost.cost(&req);
         let config = &shared.config;
-        let Some(store) = memory(&*shared.store) else {
+        let Some(store) = shared.store.immediate() else {
             let shared = self.shared.clone();
             let inner = take(&mut self.inner);
             return ResponseFuture::boxed(Box::pin(decide_async(shared, keys, cost, inner, req)));
@@ -247,7 +247,7 @@ where
             return ResponseFuture::inner(inner.call(req), stamp);
         };
         let reservation = with_limits(config, keys.as_slice(), |limits| {
-            store.reserve(limits, cost, max_wait)
+            store.reserve_now(limits, cost, max_wait)
         });
         if !reservation.granted() {
             return ResponseFuture::ready(refused(config, &reservation.verdict.decisions));
@@ -272,22 +272,22 @@ where
 
 /// The instance that was driven to readiness, leaving a fresh clone for the next
 /// `poll_ready`.
-fn take<I: Clone>(inner: &mut I) -> I {
+pub(crate) fn take<I: Clone>(inner: &mut I) -> I {
     let fresh = inner.clone();
     std::mem::replace(inner, fresh)
 }
 
-/// A decision of the in-memory store: one limit needs no `Vec`.
+/// A decision of an immediate store: one limit needs no `Vec`.
 enum Decided {
     One(Decision),
     Many(Verdict),
 }
 
-fn decide_now(store: Memory<'_>, config: &Config, keys: &[Key], cost: u64) -> Decided {
+fn decide_now(store: &dyn Immediate, config: &Config, keys: &[Key], cost: u64) -> Decided {
     match (keys, config.infos.as_slice()) {
-        ([key], [info]) => Decided::One(store.check(info.limit(key), cost)),
+        ([key], [info]) => Decided::One(store.check_now(info.limit(key), cost)),
         _ => Decided::Many(with_limits(config, keys, |limits| {
-            store.check_all(limits, cost)
+            store.check_all_now(limits, cost)
         })),
     }
 }
@@ -397,7 +397,7 @@ async fn wait_out<S: Store>(mut guard: CancelOnDrop<S>, wait: Duration) {
 
 /// Gives a reservation back if the request is dropped while it waits for it.
 ///
-/// Drop cannot await: the in-memory store cancels synchronously; any other store's cancel
+/// Drop cannot await: an immediate store (in memory) cancels synchronously; any other store's cancel
 /// is spawned on the current tokio runtime (best effort: without a runtime, or if that
 /// call fails, the capacity stays taken, as if the request had run, which never admits
 /// more than the limit).
@@ -411,8 +411,8 @@ impl<S: Store> Drop for CancelOnDrop<S> {
         let Some(reservation) = self.reservation.take() else {
             return;
         };
-        if let Some(store) = memory(&*self.store) {
-            store.cancel(&reservation);
+        if let Some(store) = self.store.immediate() {
+            store.cancel_now(&reservation);
             return;
         }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -425,14 +425,14 @@ impl<S: Store> Drop for CancelOnDrop<S> {
 }
 
 /// The inner service's response with the rate limit headers; its body untouched.
-fn stamped<B>(stamp: Stamp, response: Response<B>) -> Response<ResponseBody<B>> {
+pub(crate) fn stamped<B>(stamp: Stamp, response: Response<B>) -> Response<ResponseBody<B>> {
     let (mut parts, body) = response.into_parts();
     stamp.write(&mut parts.headers);
     Response::from_parts(parts, ResponseBody::inner(body))
 }
 
 /// A response with `status` and a problem document.
-fn problem<B>(status: StatusCode, body: Vec<u8>) -> Response<ResponseBody<B>> {
+pub(crate) fn problem<B>(status: StatusCode, body: Vec<u8>) -> Response<ResponseBody<B>> {
     let mut response = Response::new(ResponseBody::full(Bytes::from(body)));
     *response.status_mut() = status;
     response
@@ -460,7 +460,7 @@ fn refused<B>(config: &Config, decisions: &[Decision]) -> Response<ResponseBody<
     response
 }
 
-fn missing_key<B>(refusal: &Refusal) -> Response<ResponseBody<B>> {
+pub(crate) fn missing_key<B>(refusal: &Refusal) -> Response<ResponseBody<B>> {
     let status = if refusal.challenge.is_some() {
         StatusCode::UNAUTHORIZED
     } else {
@@ -481,7 +481,7 @@ fn missing_key<B>(refusal: &Refusal) -> Response<ResponseBody<B>> {
     response
 }
 
-fn unavailable<B>() -> Response<ResponseBody<B>> {
+pub(crate) fn unavailable<B>() -> Response<ResponseBody<B>> {
     // The store's error is not sent: it may name internal hosts.
     let body = serde_json::json!({
         "type": UNAVAILABLE_PROBLEM_TYPE,

@@ -25,7 +25,7 @@ use sluice_core::{
 };
 
 use crate::dispatch::with_algorithm;
-use crate::store::{Hold, Limit, Reservation, Store};
+use crate::store::{Hold, Immediate, Limit, Reservation, Store};
 use hot::HotKeys;
 use lock::ShardLock;
 use spin::mutex::SpinMutexGuard as ShardGuard;
@@ -561,6 +561,29 @@ impl<C: Clock> Store for MemoryStore<C> {
     fn reset(&self, limit: Limit<'_>) -> impl Future<Output = Result<(), Infallible>> + Send {
         self.reset_now(limit);
         ready(Ok(()))
+    }
+
+    fn immediate(&self) -> Option<&dyn Immediate> {
+        Some(self)
+    }
+}
+
+// Each method is the inherent one of the same name (inherent methods win the lookup).
+impl<C: Clock> Immediate for MemoryStore<C> {
+    fn check_now(&self, limit: Limit<'_>, cost: u64) -> Decision {
+        Self::check_now(self, limit, cost)
+    }
+
+    fn check_all_now(&self, limits: &[Limit<'_>], cost: u64) -> Verdict {
+        Self::check_all_now(self, limits, cost)
+    }
+
+    fn reserve_now(&self, limits: &[Limit<'_>], cost: u64, max_wait: Duration) -> Reservation {
+        Self::reserve_now(self, limits, cost, max_wait)
+    }
+
+    fn cancel_now(&self, reservation: &Reservation) {
+        Self::cancel_now(self, reservation);
     }
 }
 
