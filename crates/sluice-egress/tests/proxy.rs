@@ -752,3 +752,196 @@ async fn an_upstream_that_never_answers_is_a_504_after_the_attempt_timeout() {
     assert_eq!(answer.status(), 200);
     proxy.stop().await;
 }
+
+/// What a round of identical requests sent at once came to.
+struct Round {
+    /// Each client's status and body, in the order they were sent.
+    answers: Vec<(u16, Bytes)>,
+    /// Requests the upstream saw.
+    upstream_requests: u64,
+    metrics: String,
+}
+
+/// Sends `requests` at once, each from a client of its own, through a proxy (coalescing
+/// `on` or not) to a fake whose answers take a second, so that they are all in flight
+/// together.
+async fn round(coalesce: bool, requests: Vec<Request<Full<Bytes>>>, path: &str) -> Round {
+    let (upstream, server) = fake(FakeUpstreamConfig {
+        latency: Duration::from_secs(1),
+        ..FakeUpstreamConfig::default()
+    })
+    .await;
+    let mut config = ProxyConfig::new(&server.url()).expect("a valid config");
+    config.coalesce = coalesce;
+    let egress = Egress::new(egress_config("fake-openai")).expect("a valid config");
+    let proxy = Proxy::start(config, egress).await;
+    let url = proxy.url(path);
+    let tasks: Vec<_> = requests
+        .into_iter()
+        .map(|mut request| {
+            *request.uri_mut() = url.parse().expect("the proxy's URL");
+            tokio::spawn(async move {
+                let answer = send(&http_client(), request).await;
+                (answer.status().as_u16(), answer.into_body())
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.expect("a client task"));
+    }
+    let metrics = send(&http_client(), get(&proxy.url("/_sluice/metrics"))).await;
+    let metrics = String::from_utf8_lossy(metrics.body()).into_owned();
+    proxy.stop().await;
+    Round {
+        answers,
+        upstream_requests: upstream.stats().requests,
+        metrics,
+    }
+}
+
+fn chat_post(authorization: &str, body: &Value) -> Request<Full<Bytes>> {
+    Request::post("http://placeholder/")
+        .header("content-type", "application/json")
+        .header("authorization", authorization)
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("a request")
+}
+
+fn distinct(bodies: impl IntoIterator<Item = Bytes>) -> usize {
+    bodies
+        .into_iter()
+        .collect::<std::collections::HashSet<_>>()
+        .len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_posts_in_flight_together_share_one_upstream_call() {
+    let body = chat_body("What is 2 + 2?", Some(5));
+    let requests = (0..20)
+        .map(|_| chat_post("Bearer sk-test-secret", &body))
+        .collect();
+    let round = round(true, requests, "/v1/chat/completions").await;
+    println!(
+        "20 identical POSTs, coalescing on: the upstream saw {}",
+        round.upstream_requests
+    );
+    assert!(
+        round.answers.iter().all(|(status, _)| *status == 200),
+        "{:?}",
+        round.answers
+    );
+    assert_eq!(round.upstream_requests, 1, "one call for all of them");
+    // The fake numbers its completions: one body means one answer, shared.
+    assert_eq!(distinct(round.answers.iter().map(|(_, b)| b.clone())), 1);
+    let completion: Value = serde_json::from_slice(&round.answers[0].1).expect("JSON");
+    assert_eq!(completion["object"], "chat.completion");
+    assert_eq!(
+        metric(&round.metrics, "sluice_proxy_coalesce_eligible_total"),
+        20.0
+    );
+    assert_eq!(
+        metric(&round.metrics, "sluice_egress_coalesced_total"),
+        19.0
+    );
+    assert_eq!(metric(&round.metrics, "sluice_egress_attempts_total"), 1.0);
+    assert_eq!(
+        metric(
+            &round.metrics,
+            "sluice_proxy_responses_total{source=\"upstream\",class=\"2xx\"}"
+        ),
+        20.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_with_different_credentials_never_share_an_answer() {
+    let body = chat_body("What is 2 + 2?", Some(5));
+    let requests = (0..20)
+        .map(|i| {
+            let key = if i % 2 == 0 {
+                "Bearer sk-a"
+            } else {
+                "Bearer sk-b"
+            };
+            chat_post(key, &body)
+        })
+        .collect();
+    let round = round(true, requests, "/v1/chat/completions").await;
+    assert!(round.answers.iter().all(|(status, _)| *status == 200));
+    assert!(
+        round.upstream_requests >= 2,
+        "the upstream saw {}",
+        round.upstream_requests
+    );
+    let by_key = |parity: usize| {
+        round
+            .answers
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 2 == parity)
+            .map(|(_, (_, body))| body.clone())
+            .collect::<Vec<_>>()
+    };
+    let (a, b) = (by_key(0), by_key(1));
+    assert!(
+        a.iter().all(|body| !b.contains(body)),
+        "an answer to one API key went to the other"
+    );
+    // Within one key, they still share.
+    assert_eq!(round.upstream_requests, 2);
+    assert_eq!(distinct(a), 1);
+    assert_eq!(distinct(b), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_coalescing_every_request_makes_its_own_call() {
+    let body = chat_body("What is 2 + 2?", Some(5));
+    let requests = (0..20)
+        .map(|_| chat_post("Bearer sk-test-secret", &body))
+        .collect();
+    let round = round(false, requests, "/v1/chat/completions").await;
+    assert!(round.answers.iter().all(|(status, _)| *status == 200));
+    assert_eq!(round.upstream_requests, 20);
+    assert_eq!(distinct(round.answers.iter().map(|(_, b)| b.clone())), 20);
+    assert_eq!(
+        metric(&round.metrics, "sluice_proxy_coalesce_eligible_total"),
+        0.0
+    );
+    assert_eq!(metric(&round.metrics, "sluice_egress_coalesced_total"), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_requests_are_never_coalesced() {
+    let mut body = chat_body("Tell me a story.", Some(5));
+    body["stream"] = json!(true);
+    let mut requests: Vec<_> = (0..5)
+        .map(|_| chat_post("Bearer sk-test-secret", &body))
+        .collect();
+    // Asking for events by header, with a body that does not say so.
+    let plain = chat_body("Tell me a story.", Some(5));
+    requests.extend((0..5).map(|_| {
+        let mut request = chat_post("Bearer sk-test-secret", &plain);
+        request.headers_mut().insert(
+            "accept",
+            http::HeaderValue::from_static("text/event-stream"),
+        );
+        request
+    }));
+    let round = round(true, requests, "/v1/chat/completions").await;
+    assert!(
+        round.answers.iter().all(|(status, _)| *status == 200),
+        "{:?}",
+        round.answers
+    );
+    assert_eq!(round.upstream_requests, 10, "each made its own call");
+    for (_, body) in &round.answers[..5] {
+        let text = String::from_utf8_lossy(body);
+        assert!(text.contains("data: [DONE]"), "a stream: {text}");
+    }
+    assert_eq!(
+        metric(&round.metrics, "sluice_proxy_coalesce_eligible_total"),
+        0.0
+    );
+    assert_eq!(metric(&round.metrics, "sluice_proxy_streams_total"), 5.0);
+}

@@ -131,12 +131,18 @@ pub struct ProxyConfig {
     /// How long requests in flight may take to finish after the shutdown future resolves,
     /// before their connections are closed.
     pub shutdown_grace: Duration,
+    /// Let identical requests in flight at the same moment share one upstream call and its
+    /// answer (off by default). Identical means the same method, path, query, body and
+    /// headers (credentials included); only `GET`, `HEAD` and JSON `POST`s that do not ask
+    /// for a stream qualify (see the [module docs](super#coalescing)). Their answer is read
+    /// whole: one larger than [`max_response_body`](Self::max_response_body) is a 502.
+    pub coalesce: bool,
 }
 
 impl ProxyConfig {
     /// Defaults for the upstream at `url`: bodies of 8 MiB in and 32 MiB out, 10 minutes
     /// for an answer to begin (LLM answers are slow), 10 s to connect, the root endpoints
-    /// on, 30 s to finish on shutdown.
+    /// on, 30 s to finish on shutdown, no coalescing.
     ///
     /// # Errors
     ///
@@ -153,6 +159,7 @@ impl ProxyConfig {
             connect_timeout: Duration::from_secs(10),
             root_endpoints: true,
             shutdown_grace: Duration::from_secs(30),
+            coalesce: false,
         };
         config.validate()?;
         Ok(config)

@@ -7,17 +7,21 @@
 //! answer the producer then moves into the answer's body, which polls it as the client
 //! reads, so the relay and the final settlement run in the connection's task, and stop
 //! when the client goes away. Nothing is spawned per request.
+//!
+//! With [`ProxyConfig::coalesce`] on, a request that may share its answer (see
+//! [`super::coalesce`]) goes through [`Egress::execute_coalesced`] instead: its answer is
+//! read whole, since one answer goes to every identical request waiting for it.
 
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
-use http::{Extensions, HeaderMap, Request, Response, StatusCode, Version, request, response};
+use http::{Extensions, HeaderMap, Request, Response, StatusCode, Uri, Version, request, response};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use sluice_core::Clock;
@@ -26,6 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::ATTEMPTS_HEADER;
 use super::body::{Producer, ProxyBody, Relayed};
+use super::coalesce;
 use super::config::ProxyConfig;
 use super::local;
 use super::metrics::{Metrics, Source};
@@ -34,6 +39,7 @@ use super::sse::UsageScanner;
 use super::upstream::{UpstreamClient, outgoing_headers, remove_hop_by_hop};
 use crate::classify::ErrorClass;
 use crate::client::{NextStep, Settlement};
+use crate::coalesce::CoalesceKey;
 use crate::layer::{job_for, transport_class};
 use crate::{Egress, EgressError, Job, SendError, TokioClock};
 
@@ -52,11 +58,14 @@ pub(crate) struct Shared<S> {
     /// Reads the time a call began, for [`Egress::next_step`]'s `max_elapsed`.
     clock: TokioClock,
     host: String,
+    /// Stands for the upstream in coalescing keys (the request's path is in their digest).
+    coalesce_base: Uri,
 }
 
 impl<S> Shared<S> {
     pub(crate) fn new(config: ProxyConfig, egress: Egress<S>, client: UpstreamClient) -> Self {
         let host = config.upstream.authority().to_string();
+        let coalesce_base = config.upstream.join(None).unwrap_or_default();
         Self {
             config,
             egress,
@@ -64,6 +73,7 @@ impl<S> Shared<S> {
             client,
             clock: TokioClock::new(),
             host,
+            coalesce_base,
         }
     }
 }
@@ -152,6 +162,12 @@ async fn forward<S: Store + 'static>(
     // The client negotiates its own protocol with the upstream.
     parts.version = Version::HTTP_11;
     parts.extensions = Extensions::new();
+
+    if shared.config.coalesce
+        && let Some(key) = coalesce::key_for(&parts, &body, &shared.coalesce_base)
+    {
+        return coalesced(shared, key, &job, &parts, &body).await;
+    }
 
     let (head_tx, mut head_rx) = oneshot::channel();
     let mut producer: Option<Producer> = Some(Box::pin(attempts(
@@ -327,10 +343,111 @@ fn whole((response, source): (Response<ProxyBody>, Source)) -> Head {
 }
 
 fn refused<S>(shared: &Shared<S>, error: &EgressError) -> Head {
+    whole(refused_answer(shared, error))
+}
+
+/// The proxy's answer to a call the egress client refused or could not complete, counted.
+fn refused_answer<S>(shared: &Shared<S>, error: &EgressError) -> (Response<ProxyBody>, Source) {
     let (reason, response) = refusal(error);
     shared.metrics.refused(reason);
     tracing::debug!(reason = reason.name(), error = %error, "answered without the upstream");
-    Head::Whole(response, Source::Proxy)
+    (response, Source::Proxy)
+}
+
+/// Marks a coalesced call's answer whose body was larger than
+/// [`ProxyConfig::max_response_body`]: its body is left out, and every request that
+/// shares it gets 502.
+#[derive(Clone, Copy, Debug)]
+struct TooLarge;
+
+/// Forwards a request that may share its call: the first of identical requests in flight
+/// makes the call (with the retries the egress client decides), the others wait for its
+/// answer and get a copy.
+async fn coalesced<S: Store>(
+    shared: &Shared<S>,
+    key: CoalesceKey,
+    job: &Job,
+    parts: &request::Parts,
+    body: &Bytes,
+) -> (Response<ProxyBody>, Source) {
+    shared.metrics.coalescing();
+    let attempts = AtomicU32::new(0);
+    let answer = shared
+        .egress
+        .execute_coalesced(key, job, || send_whole(shared, parts, body, &attempts))
+        .await;
+    match answer {
+        Ok(response) if response.extensions().get::<TooLarge>().is_some() => {
+            let detail = format!(
+                "The upstream answered {} with a body larger than {} bytes.",
+                response.status(),
+                shared.config.max_response_body
+            );
+            own(
+                shared,
+                Reason::ResponseTooLarge,
+                StatusCode::BAD_GATEWAY,
+                &detail,
+            )
+        }
+        Ok(response) => {
+            let (parts, bytes) = response.into_parts();
+            (
+                Response::from_parts(parts, ProxyBody::full(bytes)),
+                Source::Upstream,
+            )
+        }
+        Err(error) => refused_answer(shared, &error),
+    }
+}
+
+/// One attempt of a coalesced call: sends the request and reads the answer whole, both
+/// within the attempt's time. The answer carries the attempts so far, as every relayed
+/// answer does.
+async fn send_whole<S>(
+    shared: &Shared<S>,
+    parts: &request::Parts,
+    body: &Bytes,
+    attempts: &AtomicU32,
+) -> Result<Response<Bytes>, SendError> {
+    let attempt = attempts.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+    let config = &shared.config;
+    let request = Request::from_parts(parts.clone(), Full::new(body.clone()));
+    let exchange = async {
+        let response = shared.client.send(request).await.map_err(|e| SendError {
+            class: transport_class(&e),
+            source: Box::new(e),
+        })?;
+        shared.metrics.upstream_answer(response.status());
+        let (head, incoming) = response.into_parts();
+        let mut head = client_head(head, attempt);
+        match Limited::new(incoming, config.max_response_body)
+            .collect()
+            .await
+        {
+            Ok(collected) => Ok(Response::from_parts(head, collected.to_bytes())),
+            Err(e) if e.is::<LengthLimitError>() => {
+                head.extensions.insert(TooLarge);
+                Ok(Response::from_parts(head, Bytes::new()))
+            }
+            Err(e) => Err(SendError {
+                class: transport_class(&*e),
+                source: e,
+            }),
+        }
+    };
+    let timeout = config.attempt_timeout;
+    let sent = match tokio::time::timeout(timeout, exchange).await {
+        Ok(sent) => sent,
+        Err(_) => Err(SendError {
+            class: ErrorClass::Timeout,
+            source: format!("no answer within {timeout:?}").into(),
+        }),
+    };
+    if let Err(error) = &sent {
+        shared.metrics.upstream_error(error.class);
+    }
+    sent
 }
 
 /// Relays a streamed answer: sends its head, then its frames as they come, reading the

@@ -11,6 +11,8 @@
 //! | `sluice_proxy_retry_waits` | gauge | | requests waiting to retry |
 //! | `sluice_proxy_streams_total`, `sluice_proxy_streams_active` | counter, gauge | | streamed answers relayed |
 //! | `sluice_proxy_stream_settled_total` | counter | `usage` (`reported`, `estimate`) | how streams' tokens were settled |
+//! | `sluice_proxy_coalesce_eligible_total` | counter | | requests that could share an identical request's call (coalescing on, not streamed, `GET`, `HEAD` or a JSON `POST`) |
+//! | `sluice_egress_coalesced_total` | counter | | of those, requests answered with an identical request's answer instead of a call of their own |
 //! | `sluice_egress_attempts_total`, `_succeeded_total`, `_retries_total`, `_rate_limited_total`, `_failed_total`, `_rejected_total` | counter | | the egress client's counters |
 //! | `sluice_egress_in_flight`, `sluice_egress_concurrency_limit` | gauge | | calls in flight and the adaptive limit |
 //! | `sluice_egress_waiting` | gauge | | calls waiting for quota, pace or a slot |
@@ -56,6 +58,7 @@ pub(crate) struct Metrics {
     pub(crate) streams_active: AtomicU64,
     settled_reported: AtomicU64,
     settled_estimate: AtomicU64,
+    coalesce_eligible: AtomicU64,
 }
 
 impl Metrics {
@@ -96,6 +99,11 @@ impl Metrics {
             &self.settled_estimate
         };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request that may share an identical request's call went to the coalescer.
+    pub(crate) fn coalescing(&self) {
+        self.coalesce_eligible.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Everything, with the egress client's `stats`, in the Prometheus text format.
@@ -251,6 +259,18 @@ impl Metrics {
             &[("usage", "estimate")],
             load(&self.settled_estimate),
         );
+        header(
+            &mut out,
+            "sluice_proxy_coalesce_eligible_total",
+            "counter",
+            "Requests that could share an identical request's upstream call.",
+        );
+        sample(
+            &mut out,
+            "sluice_proxy_coalesce_eligible_total",
+            &[],
+            load(&self.coalesce_eligible),
+        );
 
         egress(&mut out, stats);
         out
@@ -288,6 +308,11 @@ fn egress(out: &mut String, stats: &EgressStats) {
             "sluice_egress_rejected_total",
             "Calls refused before sending (circuit open, quota paused, overloaded).",
             stats.rejected,
+        ),
+        (
+            "sluice_egress_coalesced_total",
+            "Calls answered with an identical call's answer instead of their own.",
+            stats.coalesced,
         ),
     ] {
         header(out, name, "counter", help);

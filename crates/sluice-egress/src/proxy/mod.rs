@@ -7,6 +7,7 @@
 //! ```text
 //!  client ──▶ read the body once (≤ max_request_body, else 413) ──▶ Job: method,
 //!             estimated tokens, x-sluice-priority / -tenant / -max-wait (then removed)
+//!         ──▶ coalescing on, and identical to a request in flight ──▶ wait for its answer
 //!         ──▶ attempt: circuit, quota, pace, concurrency slot
 //!               refused before sending ──▶ 503 (circuit) / 429 (quota, overloaded, would
 //!                                          wait), Retry-After, application/problem+json
@@ -55,6 +56,22 @@
 //! measures latency to the first byte); the stream then takes as long as it takes, and
 //! ends early, its tokens left at the estimate, when the client goes away.
 //!
+//! # Coalescing
+//!
+//! With [`ProxyConfig::coalesce`] (off by default; `sluice proxy --coalesce`), identical
+//! requests in flight at the same moment share one upstream call: the first makes it,
+//! with the usual pacing and retries, and the others wait for its answer and get a copy,
+//! spending no quota of their own. Identical means the same method, path, query, body
+//! bytes and headers as they go upstream, credentials included (`Authorization`,
+//! `x-api-key`, ...: two API keys never share an answer), hop-by-hop and `x-sluice-*`
+//! headers aside, compared by a SHA-256 digest. Only `GET`, `HEAD` and `POST`s with a JSON
+//! body qualify, and never a streamed request (`"stream": true` in the body, or
+//! `Accept: text/event-stream`). Such an answer is read whole, since it goes to several
+//! clients. It is not a cache: a request arriving after the answer makes a new call.
+//! Turn it on when clients send the same deterministic request at once (replicas of a
+//! job, retries of an impatient client); it is wrong for sampled completions that are
+//! meant to differ per call.
+//!
 //! # Its own endpoints
 //!
 //! Under the reserved prefix [`LOCAL_PREFIX`] (`/_sluice/`), never forwarded:
@@ -71,6 +88,7 @@
 //! again), so a request cannot stream its body.
 
 mod body;
+mod coalesce;
 mod config;
 mod forward;
 mod local;
