@@ -12,7 +12,7 @@ use sluice_egress::batch::{BatchConfig, BatchProgress, BatchSummary, NoProgress,
 use sluice_egress::concurrency::ConcurrencyConfig;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::BatchArgs;
+use crate::cli::{BatchArgs, DEFAULT_PAUSE_THRESHOLD};
 use crate::process::stop_signal;
 
 /// Exit code of a run that finished with items in the dead letter.
@@ -64,14 +64,6 @@ pub(crate) fn parse_base_url(text: &str) -> Result<String, String> {
         return bad("expected a URL without a query");
     }
     Ok(text.to_owned())
-}
-
-/// Parses `--pause-threshold`: a percentage from 1 to 100.
-pub(crate) fn parse_percent(text: &str) -> Result<u8, String> {
-    match text.trim().trim_end_matches('%').parse::<u8>() {
-        Ok(p) if (1..=100).contains(&p) => Ok(p),
-        _ => Err(format!("expected a percentage from 1 to 100, got '{text}'")),
-    }
 }
 
 /// Runs the batch; returns the exit code (0 all done, 3 with failures, 130 interrupted).
@@ -163,12 +155,13 @@ fn config(args: &BatchArgs) -> BatchConfig {
     config.max_wait = args.max_wait;
     config.idempotency_keys = !args.no_idempotency_key;
     let egress = &mut config.egress;
-    egress.pace.requests_per_minute = args.rpm;
-    egress.pace.tokens_per_minute = args.tpm;
-    egress.quota.requests_per_minute = args.rpm;
-    egress.quota.tokens_per_minute = args.tpm;
-    egress.quota.requests_per_day = args.daily_limit;
-    egress.quota.pause_threshold = args.pause_threshold;
+    let quota = &args.quota;
+    egress.pace.requests_per_minute = quota.rpm;
+    egress.pace.tokens_per_minute = quota.tpm;
+    egress.quota.requests_per_minute = quota.rpm;
+    egress.quota.tokens_per_minute = quota.tpm;
+    egress.quota.requests_per_day = quota.daily_limit;
+    egress.quota.pause_threshold = quota.pause_threshold.unwrap_or(DEFAULT_PAUSE_THRESHOLD);
     egress.retry.attempt_timeout = args.timeout;
     if let Concurrency::Fixed(n) = args.concurrency {
         egress.concurrency = ConcurrencyConfig {
@@ -333,14 +326,5 @@ mod tests {
                 .unwrap_err()
                 .contains("query")
         );
-    }
-
-    #[test]
-    fn pause_threshold_is_a_percentage() {
-        assert_eq!(parse_percent("80"), Ok(80));
-        assert_eq!(parse_percent("95%"), Ok(95));
-        assert!(parse_percent("0").is_err());
-        assert!(parse_percent("101").is_err());
-        assert!(parse_percent("half").unwrap_err().contains("'half'"));
     }
 }

@@ -397,7 +397,7 @@ pub(crate) fn usage_error(path: &[&str], message: String) -> clap::Error {
 }
 
 /// A count that must be at least one.
-fn at_least_one(text: &str) -> Result<u64, String> {
+pub(crate) fn at_least_one(text: &str) -> Result<u64, String> {
     match text.trim().parse::<u64>() {
         Ok(0) => Err("must be at least 1".to_owned()),
         Ok(n) => Ok(n),
@@ -485,23 +485,8 @@ pub(crate) struct BatchArgs {
     #[arg(long)]
     pub(crate) retry_failed: bool,
 
-    /// The upstream's requests per minute, when known (the pace starts there; its headers
-    /// correct it).
-    #[arg(long, value_name = "N", value_parser = at_least_one)]
-    pub(crate) rpm: Option<u64>,
-
-    /// The upstream's tokens per minute, when known.
-    #[arg(long, value_name = "N", value_parser = at_least_one)]
-    pub(crate) tpm: Option<u64>,
-
-    /// Requests per UTC day; the quota state in the state directory keeps the count
-    /// across runs.
-    #[arg(long, value_name = "N", value_parser = at_least_one)]
-    pub(crate) daily_limit: Option<u64>,
-
-    /// Pause at this percentage of any quota until its reset (1 to 100).
-    #[arg(long, value_name = "P", default_value = "80", value_parser = crate::batch::parse_percent)]
-    pub(crate) pause_threshold: u8,
+    #[command(flatten)]
+    pub(crate) quota: QuotaArgs,
 
     /// How long one item may wait for the quota or a failing upstream before it fails for
     /// good: e.g. 30m, 24h.
@@ -522,29 +507,88 @@ pub(crate) struct BatchArgs {
     pub(crate) progress: String,
 }
 
-/// Flags of `sluice proxy`.
+/// The upstream's quota as `sluice proxy` and `sluice batch` both take it: one
+/// declaration, one validation. The proxy reads each from a `SLUICE_PROXY_*` variable too
+/// (see [`ProxyArgs`]), and from its config file; `sluice batch` from the flags only.
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:\n  \
+pub(crate) struct QuotaArgs {
+    /// The upstream's requests per minute, when known in advance (the pace starts there;
+    /// its x-ratelimit headers correct it).
+    #[arg(long, value_name = "N", value_parser = at_least_one)]
+    pub(crate) rpm: Option<u64>,
+
+    /// The upstream's tokens per minute, when known in advance.
+    #[arg(long, value_name = "N", value_parser = at_least_one)]
+    pub(crate) tpm: Option<u64>,
+
+    /// Requests per UTC day; the count survives restarts in the proxy's --state-file or
+    /// the batch's state directory.
+    #[arg(long, value_name = "N", value_parser = at_least_one)]
+    pub(crate) daily_limit: Option<u64>,
+
+    /// Pause batch work at this percentage of any quota until its reset, 1 to 100
+    /// (default 80). In the proxy, requests sent with x-sluice-priority: interactive go on
+    /// to 100.
+    #[arg(long, value_name = "P", value_parser = parse_percent)]
+    pub(crate) pause_threshold: Option<u8>,
+}
+
+/// The pause threshold when none is set: 80 %.
+pub(crate) const DEFAULT_PAUSE_THRESHOLD: u8 = 80;
+
+/// Parses a percentage from 1 to 100, with or without its `%`.
+pub(crate) fn parse_percent(text: &str) -> Result<u8, String> {
+    match text.trim().trim_end_matches('%').trim_end().parse::<u8>() {
+        Ok(p) if (1..=100).contains(&p) => Ok(p),
+        _ => Err(format!("expected a percentage from 1 to 100, got '{text}'")),
+    }
+}
+
+/// Parses a yes-or-no value: true, false, yes, no, on, off, 1 or 0 (any case).
+pub(crate) fn parse_bool(text: &str) -> Result<bool, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "true" | "yes" | "on" | "1" => Ok(true),
+        "false" | "no" | "off" | "0" => Ok(false),
+        _ => Err(format!("expected true or false, got '{text}'")),
+    }
+}
+
+/// Flags of `sluice proxy`.
+///
+/// Every setting but --no-root-endpoints also comes from a `SLUICE_PROXY_*` variable and
+/// from the --config file; each is `None` here unless a flag or a variable set it, so that
+/// the file can fill it in (see `proxy::Settings`).
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Settings come from flags, then SLUICE_PROXY_* environment variables, then the\n\
+    --config file (examples/egress/openai.yaml), then the defaults.\n\n\
+    Examples:\n  \
     sluice proxy --upstream https://api.openai.com --rpm 500 --tpm 200000\n  \
     sluice proxy --upstream https://api.openai.com --listen 0.0.0.0:8090 --redis redis://10.0.0.7:6379/ --daily-limit 10000\n  \
+    sluice proxy --config egress.yaml --rpm 1000\n  \
     SLUICE_PROXY_UPSTREAM=http://127.0.0.1:8080 sluice proxy --log-format json\n\n\
     Then point the SDK at it: OpenAI(base_url=\"http://127.0.0.1:8090/v1\"). Requests may carry\n\
-    x-sluice-priority (batch, interactive or 0-255), x-sluice-tenant and x-sluice-max-wait (e.g. 30s).")]
+    x-sluice-priority (batch, interactive or 0-255), x-sluice-tenant and x-sluice-max-wait (e.g. 30s)."
+)]
+#[command(mut_arg("rpm", |arg| arg.env("SLUICE_PROXY_RPM")))]
+#[command(mut_arg("tpm", |arg| arg.env("SLUICE_PROXY_TPM")))]
+#[command(mut_arg("daily_limit", |arg| arg.env("SLUICE_PROXY_DAILY_LIMIT")))]
+#[command(mut_arg("pause_threshold", |arg| arg.env("SLUICE_PROXY_PAUSE_THRESHOLD")))]
 pub(crate) struct ProxyArgs {
+    /// Read the settings from this YAML file (keys as the flags are named, in snake_case:
+    /// upstream, rpm, pause_threshold, ...). Flags and environment variables override it.
+    #[arg(long, value_name = "FILE", env = "SLUICE_PROXY_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+
     /// The upstream's base URL; each request's path and query are appended to it
     /// (https://api.openai.com, or https://api.openai.com/v1 for clients whose base URL has
-    /// no /v1).
+    /// no /v1). Required here, in the environment or in the --config file.
     #[arg(long, value_name = "URL", env = "SLUICE_PROXY_UPSTREAM")]
-    pub(crate) upstream: String,
+    pub(crate) upstream: Option<String>,
 
-    /// Where the proxy listens.
-    #[arg(
-        long,
-        value_name = "ADDR",
-        default_value = "127.0.0.1:8090",
-        env = "SLUICE_PROXY_LISTEN"
-    )]
-    pub(crate) listen: SocketAddr,
+    /// Where the proxy listens (default 127.0.0.1:8090).
+    #[arg(long, value_name = "ADDR", env = "SLUICE_PROXY_LISTEN")]
+    pub(crate) listen: Option<SocketAddr>,
 
     /// Pace through this Redis, shared with every proxy (and sluice client) of the same
     /// --name there, so that several machines spend one quota (comma-separated URLs: the
@@ -562,62 +606,64 @@ pub(crate) struct ProxyArgs {
     #[arg(long, value_name = "NAME", env = "SLUICE_PROXY_NAME", value_parser = NonEmptyStringValueParser::new())]
     pub(crate) name: Option<String>,
 
-    /// The upstream's requests per minute, when known in advance (its x-ratelimit headers
-    /// correct it).
-    #[arg(long, value_name = "N", env = "SLUICE_PROXY_RPM", value_parser = at_least_one)]
-    pub(crate) rpm: Option<u64>,
-
-    /// The upstream's tokens per minute, when known in advance.
-    #[arg(long, value_name = "N", env = "SLUICE_PROXY_TPM", value_parser = at_least_one)]
-    pub(crate) tpm: Option<u64>,
-
-    /// Requests per UTC day; with --state-file the count survives restarts.
-    #[arg(long, value_name = "N", env = "SLUICE_PROXY_DAILY_LIMIT", value_parser = at_least_one)]
-    pub(crate) daily_limit: Option<u64>,
+    #[command(flatten)]
+    pub(crate) quota: QuotaArgs,
 
     /// Tokens per UTC day.
     #[arg(long, value_name = "N", env = "SLUICE_PROXY_DAILY_TOKENS", value_parser = at_least_one)]
     pub(crate) daily_tokens: Option<u64>,
 
-    /// Batch work (below x-sluice-priority: interactive) pauses at this percentage of any
-    /// quota until its reset; interactive work goes on to 100 (1 to 100).
-    #[arg(long, value_name = "P", default_value = "80", env = "SLUICE_PROXY_PAUSE_THRESHOLD", value_parser = crate::proxy::parse_percent)]
-    pub(crate) pause_threshold: u8,
-
-    /// Quota usage percentages that log an alert, ascending (warning, critical..., emergency).
-    #[arg(long, value_name = "P,P,...", default_value = "60,80,95", env = "SLUICE_PROXY_ALERT_LEVELS", value_parser = crate::proxy::parse_alert_levels)]
-    pub(crate) alert_levels: crate::proxy::AlertLevels,
+    /// Quota usage percentages that log an alert, ascending (warning, critical...,
+    /// emergency; default 60,80,95).
+    #[arg(long, value_name = "P,P,...", env = "SLUICE_PROXY_ALERT_LEVELS", value_parser = crate::proxy::parse_alert_levels)]
+    pub(crate) alert_levels: Option<crate::proxy::AlertLevels>,
 
     /// The most requests in flight to the upstream at once (the adaptive limit stays at or
     /// below it; default 100).
     #[arg(long, value_name = "N", env = "SLUICE_PROXY_MAX_CONCURRENCY", value_parser = crate::proxy::parse_concurrency)]
     pub(crate) max_concurrency: Option<u32>,
 
-    /// Attempts per request, the first included (1: never retry).
-    #[arg(long, value_name = "N", default_value = "5", env = "SLUICE_PROXY_MAX_ATTEMPTS", value_parser = crate::proxy::parse_concurrency)]
-    pub(crate) max_attempts: u32,
+    /// Attempts per request, the first included (1: never retry; default 5).
+    #[arg(long, value_name = "N", env = "SLUICE_PROXY_MAX_ATTEMPTS", value_parser = crate::proxy::parse_concurrency)]
+    pub(crate) max_attempts: Option<u32>,
 
-    /// How long an attempt may wait for the upstream's answer to begin: e.g. 30s, 10m.
-    #[arg(long, value_name = "DURATION", default_value = "10m", env = "SLUICE_PROXY_ATTEMPT_TIMEOUT", value_parser = crate::proxy::parse_timeout)]
-    pub(crate) attempt_timeout: Duration,
+    /// How long an attempt may wait for the upstream's answer to begin: e.g. 30s, 10m
+    /// (default 10m).
+    #[arg(long, value_name = "DURATION", env = "SLUICE_PROXY_ATTEMPT_TIMEOUT", value_parser = crate::proxy::parse_timeout)]
+    pub(crate) attempt_timeout: Option<Duration>,
 
-    /// The largest request body accepted, in bytes (suffixes KiB, MiB, GiB); larger ones
-    /// get 413.
-    #[arg(long, value_name = "SIZE", default_value = "8MiB", env = "SLUICE_PROXY_MAX_REQUEST_BODY", value_parser = crate::proxy::parse_size)]
-    pub(crate) max_request_body: usize,
+    /// The largest request body accepted, in bytes (suffixes KiB, MiB, GiB; default 8MiB);
+    /// larger ones get 413.
+    #[arg(long, value_name = "SIZE", env = "SLUICE_PROXY_MAX_REQUEST_BODY", value_parser = crate::proxy::parse_size)]
+    pub(crate) max_request_body: Option<usize>,
 
     /// Keep the quota counts (daily ones included) in this JSON file across restarts.
     #[arg(long, value_name = "PATH", env = "SLUICE_PROXY_STATE_FILE")]
     pub(crate) state_file: Option<PathBuf>,
+
+    /// Let identical requests in flight at the same moment share one upstream call and its
+    /// answer: same method, path, query, body and headers (credentials included), GET,
+    /// HEAD or a JSON POST, never a stream. Off by default; --coalesce=false turns off what
+    /// the config file turned on.
+    #[arg(
+        long,
+        value_name = "BOOL",
+        env = "SLUICE_PROXY_COALESCE",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = parse_bool
+    )]
+    pub(crate) coalesce: Option<bool>,
 
     /// Forward GET /healthz and /metrics to the upstream instead of answering them (the
     /// proxy's own stay at /_sluice/healthz and /_sluice/metrics).
     #[arg(long)]
     pub(crate) no_root_endpoints: bool,
 
-    /// Log lines for humans or one JSON object per line.
-    #[arg(long, value_name = "FORMAT", default_value = "human", value_parser = ["human", "json"])]
-    pub(crate) log_format: String,
+    /// Log lines for humans or one JSON object per line (default human).
+    #[arg(long, value_name = "FORMAT", value_parser = crate::proxy::LOG_FORMATS)]
+    pub(crate) log_format: Option<String>,
 }
 
 #[cfg(test)]
@@ -724,6 +770,98 @@ mod tests {
             set(&["--token", "t", "--block", "--algorithm", "gcra"]),
             Err(ErrorKind::ArgumentConflict)
         );
+    }
+
+    #[test]
+    fn percentages_run_from_one_to_a_hundred() {
+        assert_eq!(parse_percent("80"), Ok(80));
+        assert_eq!(parse_percent("95%"), Ok(95));
+        assert_eq!(parse_percent(" 100 "), Ok(100));
+        assert!(parse_percent("0").is_err());
+        assert!(parse_percent("101").is_err());
+        assert!(parse_percent("half").unwrap_err().contains("'half'"));
+    }
+
+    #[test]
+    fn booleans_take_the_usual_words() {
+        for yes in ["true", "YES", "on", "1"] {
+            assert_eq!(parse_bool(yes), Ok(true), "{yes}");
+        }
+        for no in ["false", "No", "off", "0"] {
+            assert_eq!(parse_bool(no), Ok(false), "{no}");
+        }
+        assert!(parse_bool("maybe").unwrap_err().contains("'maybe'"));
+    }
+
+    fn proxy(args: &[&str]) -> Result<ProxyArgs, ErrorKind> {
+        let mut all = vec!["sluice", "proxy"];
+        all.extend_from_slice(args);
+        match Cli::try_parse_from(all).map_err(|e| e.kind())?.command {
+            Command::Proxy(args) => Ok(args),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn proxy_flags_left_out_are_none_so_the_config_file_can_set_them() {
+        let args = proxy(&[]).unwrap();
+        assert_eq!(args.upstream, None);
+        assert_eq!(args.listen, None);
+        assert_eq!(args.quota.pause_threshold, None);
+        assert_eq!(args.coalesce, None);
+        assert_eq!(args.log_format, None);
+        let args = proxy(&["--coalesce", "--rpm", "5", "--pause-threshold", "90"]).unwrap();
+        assert_eq!(args.coalesce, Some(true));
+        assert_eq!(args.quota.rpm, Some(5));
+        assert_eq!(args.quota.pause_threshold, Some(90));
+        assert_eq!(proxy(&["--coalesce=false"]).unwrap().coalesce, Some(false));
+        assert_eq!(
+            proxy(&["--coalesce=perhaps"]).unwrap_err(),
+            ErrorKind::ValueValidation
+        );
+        assert_eq!(
+            proxy(&["--log-format", "xml"]).unwrap_err(),
+            ErrorKind::InvalidValue
+        );
+    }
+
+    #[test]
+    fn batch_and_proxy_share_the_quota_flags() {
+        let cli = Cli::try_parse_from([
+            "sluice",
+            "batch",
+            "--input",
+            "in.jsonl",
+            "--output",
+            "out.jsonl",
+            "--upstream",
+            "http://h",
+            "--rpm",
+            "10",
+            "--pause-threshold",
+            "95%",
+        ])
+        .unwrap();
+        let Command::Batch(args) = cli.command else {
+            panic!("parsed as batch")
+        };
+        assert_eq!(args.quota.rpm, Some(10));
+        assert_eq!(args.quota.pause_threshold, Some(95));
+        // The proxy's quota flags have their variables; the batch's have none.
+        let mut cli = Cli::command();
+        cli.build();
+        let env = |command: &str, arg: &str| {
+            cli.find_subcommand(command)
+                .and_then(|c| c.get_arguments().find(|a| a.get_id() == arg))
+                .and_then(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
+        };
+        assert_eq!(env("proxy", "rpm").as_deref(), Some("SLUICE_PROXY_RPM"));
+        assert_eq!(
+            env("proxy", "pause_threshold").as_deref(),
+            Some("SLUICE_PROXY_PAUSE_THRESHOLD")
+        );
+        assert_eq!(env("batch", "rpm"), None);
+        assert_eq!(env("batch", "daily_limit"), None);
     }
 
     #[test]

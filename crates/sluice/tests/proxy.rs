@@ -13,105 +13,13 @@
 
 mod support;
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use serde_json::Value;
-use sluice_testkit::upstream::{
-    FakeServer, FakeUpstream, FakeUpstreamConfig, StreamConfig, chat_body, chat_request,
-};
+use sluice_testkit::upstream::{FakeUpstreamConfig, StreamConfig, chat_body};
+use support::proxy::{ProxyProcess, blocking, drain, fake, free_addr};
 use support::{http_request, temp_dir};
-
-/// How long the proxy may take to start answering.
-const STARTUP: Duration = Duration::from_secs(20);
-
-/// A running `sluice proxy`, killed when dropped.
-struct ProxyProcess {
-    child: Child,
-    addr: SocketAddr,
-    log: PathBuf,
-}
-
-impl ProxyProcess {
-    /// Starts `sluice proxy --upstream URL --listen <free port> ARGS`, logging to a file in
-    /// `dir`, and waits until `/_sluice/healthz` answers.
-    fn start(dir: &Path, upstream: &str, args: &[&str]) -> Self {
-        let port = sluice_testkit::free_port().expect("a port");
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let log = dir.join(format!("proxy-{port}.log"));
-        let log_file = std::fs::File::create(&log).expect("a log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .arg("proxy")
-            .args(["--upstream", upstream, "--listen", &addr.to_string()])
-            .args(args)
-            .env("SLUICE_LOG", "debug")
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .expect("sluice starts");
-        let mut proxy = Self { child, addr, log };
-        let deadline = Instant::now() + STARTUP;
-        loop {
-            if let Some(status) = proxy.child.try_wait().expect("wait") {
-                panic!("sluice proxy exited with {status}:\n{}", proxy.log_text());
-            }
-            if http_request(addr, "GET", "/_sluice/healthz", "").is_ok() {
-                return proxy;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "sluice proxy did not start:\n{}",
-                proxy.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Sends SIGTERM and waits for a clean exit; returns the log.
-    fn terminate(mut self) -> String {
-        support::terminate(&mut self.child, &self.log, "sluice proxy")
-    }
-}
-
-impl Drop for ProxyProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn fake(config: FakeUpstreamConfig) -> (FakeUpstream, FakeServer) {
-    let upstream = FakeUpstream::new(config, Arc::new(sluice_egress::TokioClock::new()));
-    let server = upstream.serve().await.expect("the fake upstream serves");
-    (upstream, server)
-}
-
-/// Uses up the fake's requests bucket (in process) until `left` remain.
-async fn drain(upstream: &FakeUpstream, rpm: u64, left: u64) {
-    for _ in 0..rpm - left {
-        let answer = upstream
-            .handle(chat_request("drain", Some(1)))
-            .await
-            .expect("an answer");
-        assert_eq!(answer.status(), 200);
-    }
-    upstream.reset_stats();
-}
-
-/// Runs blocking work (child processes, the blocking HTTP client) off the runtime's
-/// workers, which serve the fake upstream meanwhile.
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(work)
-        .await
-        .expect("the blocking work")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sluice_proxy_forwards_logs_in_json_and_stops_on_sigterm() {
@@ -330,5 +238,160 @@ async fn the_openai_sdk_completes_a_burst_above_the_quota_without_a_429() {
             .unwrap_or_default()
             .starts_with("tok"),
         "{stream}"
+    );
+}
+
+/// The requests-per-minute ceiling a proxy paces under, from its metrics.
+fn rpm_ceiling(metrics: &str) -> Option<String> {
+    metrics
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("sluice_egress_pace_ceiling_per_minute{dimension=\"requests\"} ")
+        })
+        .map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_file_sets_the_proxy_and_flags_and_variables_override_it() {
+    let (upstream, server) = fake(FakeUpstreamConfig::default()).await;
+    let dir = temp_dir("proxy-config");
+    let listen = free_addr();
+    let config = dir.join("egress.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "# the proxy of this test\n\
+             upstream: {}\n\
+             listen: {listen}\n\
+             rpm: 600\n\
+             alert_levels: [50, 90]\n\
+             log_format: json\n",
+            server.url()
+        ),
+    )
+    .expect("the config file");
+    let config = config.to_string_lossy().into_owned();
+
+    let (first, ceilings, log) = blocking(move || {
+        // Everything from the file: upstream, address, quota, log format.
+        let proxy = ProxyProcess::start_configured(&dir, listen, &["--config", &config], &[]);
+        let body = chat_body("Hello through a configured proxy", Some(5)).to_string();
+        let first = http_request(proxy.addr, "POST", "/v1/chat/completions", &body)
+            .expect("the proxy answers");
+        let from_file = rpm_ceiling(&proxy.metrics());
+        let log = proxy.terminate();
+
+        // A flag beats the file, and so does an environment variable; a flag beats both.
+        let mut ceilings = vec![from_file];
+        for (args, env) in [
+            (&["--rpm", "1200"][..], &[][..]),
+            (&[][..], &[("SLUICE_PROXY_RPM", "900")][..]),
+            (&["--rpm", "1200"][..], &[("SLUICE_PROXY_RPM", "900")][..]),
+        ] {
+            let addr = free_addr();
+            let listen = addr.to_string();
+            let mut all = vec!["--config", config.as_str(), "--listen", listen.as_str()];
+            all.extend_from_slice(args);
+            let proxy = ProxyProcess::start_configured(&dir, addr, &all, env);
+            ceilings.push(rpm_ceiling(&proxy.metrics()));
+            proxy.terminate();
+        }
+        (first, ceilings, log)
+    })
+    .await;
+
+    assert_eq!(first.0, 200, "{}", first.1);
+    assert_eq!(upstream.stats().ok, 1);
+    let ceilings: Vec<Option<&str>> = ceilings.iter().map(Option::as_deref).collect();
+    assert_eq!(
+        ceilings,
+        [Some("600"), Some("1200"), Some("900"), Some("1200")],
+        "file, flag over file, variable over file, flag over variable"
+    );
+    // The file's log format: every line is a JSON object.
+    for line in log.lines() {
+        serde_json::from_str::<Value>(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    }
+    assert!(log.contains("settings from"), "{log}");
+}
+
+#[test]
+fn a_bad_config_file_is_a_usage_error_naming_the_file_line_field_and_value() {
+    let dir = temp_dir("proxy-bad-config");
+    let file = dir.join("egress.yaml");
+    let shown = file.display().to_string();
+    for (text, flags, expected) in [
+        (
+            "upstream: http://h\nrpm: 0\n",
+            &[][..],
+            format!("{shown}:2: invalid value '0' for 'rpm': must be at least 1"),
+        ),
+        (
+            "upstream: http://h\n\npause_threshold: 120\n",
+            &[][..],
+            format!("{shown}:3: invalid value '120' for 'pause_threshold'"),
+        ),
+        (
+            "upstream: http://h\nattempt_timeout: soon\n",
+            &[][..],
+            format!("{shown}:2: invalid value 'soon' for 'attempt_timeout'"),
+        ),
+        (
+            // Even a value a flag overrides.
+            "upstream: http://h\nrpm: lots\n",
+            &["--rpm", "5"][..],
+            format!("{shown}:2: invalid value 'lots' for 'rpm'"),
+        ),
+        (
+            "upstream: ftp://h\n",
+            &[][..],
+            format!("{shown}:1: invalid value 'ftp://h' for 'upstream'"),
+        ),
+        (
+            "upstream: http://user:hunter2@h\n",
+            &[][..],
+            "must not hold credentials".to_owned(),
+        ),
+        (
+            "upstream: http://h\nrequests_per_minute: 500\n",
+            &[][..],
+            format!("{shown}:2: unknown setting 'requests_per_minute'"),
+        ),
+        (
+            "upstream: http://h\nmax-attempts: 2\n",
+            &[][..],
+            "unknown setting 'max-attempts' (did you mean 'max_attempts'?)".to_owned(),
+        ),
+        (
+            "rpm: 500\n",
+            &[][..],
+            "no upstream to forward to".to_owned(),
+        ),
+    ] {
+        std::fs::write(&file, text).expect("the config file");
+        let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("proxy")
+            .arg("--config")
+            .arg(&file)
+            .args(flags)
+            .env_remove("SLUICE_PROXY_UPSTREAM")
+            .output()
+            .expect("sluice runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{text:?}: {stderr}");
+        assert!(stderr.contains(&expected), "{text:?}: {stderr}");
+        assert!(!stderr.contains("hunter2"), "{stderr}");
+    }
+
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["proxy", "--config"])
+        .arg(dir.join("missing.yaml"))
+        .output()
+        .expect("sluice runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("for '--config <FILE>': cannot read it"),
+        "{stderr}"
     );
 }

@@ -1,5 +1,5 @@
-//! `sluice serve` as a child process on free loopback ports, stopped by its PID, with a
-//! tiny blocking HTTP client (no client crate needed for a few JSON calls).
+//! `sluice serve` (and in [`proxy`], `sluice proxy`) as a child process on free loopback
+//! ports, stopped by its PID, with a tiny blocking HTTP client (no client crate needed for a few JSON calls).
 
 #![allow(
     dead_code,
@@ -10,6 +10,8 @@
     clippy::disallowed_types,
     reason = "waiting on a child process is wall-clock time by nature"
 )]
+
+pub mod proxy;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
