@@ -95,6 +95,21 @@ impl Key {
     pub fn as_str(&self) -> &str {
         &self.canonical
     }
+
+    /// The descriptor entries after the domain, as `(key, value)` pairs in order (none for
+    /// a [`named`](Self::named) key).
+    ///
+    /// Components come back as the key holds them: escaped (`a|b` is `a%7Cb`) and bounded
+    /// (a long one is `#` and a hash), not as they were given to [`new`](Self::new). That
+    /// is what lets the canonical form be split again without ambiguity: a `|` or `=`
+    /// inside a component is always escaped, so every `|` separates entries and the first
+    /// `=` of an entry separates its key from its value: the entries are exactly those
+    /// the key was built from, one for one.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        let mut components = self.canonical.split('|');
+        components.next(); // the domain
+        components.map(|entry| entry.split_once('=').unwrap_or((entry, "")))
+    }
 }
 
 impl fmt::Debug for Key {
@@ -176,6 +191,41 @@ mod tests {
         assert_eq!(key, again, "hashing is stable");
         let other = Key::new("api", [("user", "y".repeat(10_000))]).unwrap();
         assert_ne!(key, other);
+    }
+
+    #[test]
+    fn entries_are_the_components_after_the_domain() {
+        let key = Key::new("api", [("user", "a|b=c"), ("route", "/v1")]).unwrap();
+        let entries: Vec<(&str, &str)> = key.entries().collect();
+        assert_eq!(entries, [("user", "a%7Cb%3Dc"), ("route", "/v1")]);
+        assert_eq!(Key::named("a|b").entries().count(), 0);
+        let none: [(&str, &str); 0] = [];
+        assert_eq!(Key::new("api", none).unwrap().entries().count(), 0);
+        let empty_value = Key::new("api", [("k", "")]).unwrap();
+        assert_eq!(empty_value.entries().collect::<Vec<_>>(), [("k", "")]);
+    }
+
+    proptest::proptest! {
+        /// The entries of `Key::new(d, e)` are `e` escaped and bounded as components are.
+        #[test]
+        fn entries_are_the_escaped_entries(
+            domain in "[a-z|=%{}\\x00-\\x1fé]{1,80}",
+            entries in proptest::collection::vec(
+                ("[a-z|=%{}\\x00-\\x1fé]{1,80}", "[a-z|=%{}\\x00-\\x1fé:/.]{0,80}"),
+                0..=MAX_ENTRIES,
+            ),
+        ) {
+            let key = Key::new(&domain, entries.iter().map(|(k, v)| (k, v))).unwrap();
+            let expected: Vec<(String, String)> = entries
+                .iter()
+                .map(|(k, v)| (Key::named(k).to_string(), Key::named(v).to_string()))
+                .collect();
+            let actual: Vec<(String, String)> = key
+                .entries()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
+            proptest::prop_assert_eq!(actual, expected);
+        }
     }
 
     #[test]

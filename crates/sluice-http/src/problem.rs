@@ -1,7 +1,7 @@
 //! The RFC 9457 problem details body of a 429 response.
 
 use serde_json::{Value, json};
-use sluice_core::{Decision, Policy};
+use sluice_core::Decision;
 
 use crate::ceil_secs;
 
@@ -13,17 +13,16 @@ pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 /// `about:blank` for problems with no more meaning than the status code.
 pub const PROBLEM_TYPE: &str = "https://sluice.dev/problems/rate-limited";
 
-/// The problem details object for a refused request: `type`, `title`
+/// The problem details object for a refused request, from each limit's name and decision: `type`, `title`
 /// (`Too Many Requests`), `status` (429), `detail` (a sentence with the wait), and
 /// `violated-policies` (the names of the refused items, in order).
 ///
 /// The wait in `detail` is the largest `retry_after` of the refused items, in whole seconds
 /// rounded up, as in `Retry-After`.
-pub fn problem_json(items: &[(&str, &Policy, &Decision)]) -> Value {
-    let refused: Vec<&(&str, &Policy, &Decision)> =
-        items.iter().filter(|(_, _, d)| !d.allowed).collect();
-    let names: Vec<&str> = refused.iter().map(|(name, _, _)| *name).collect();
-    let wait = refused.iter().filter_map(|(_, _, d)| d.retry_after).max();
+pub fn problem_json(items: &[(&str, &Decision)]) -> Value {
+    let refused: Vec<&(&str, &Decision)> = items.iter().filter(|(_, d)| !d.allowed).collect();
+    let names: Vec<&str> = refused.iter().map(|(name, _)| *name).collect();
+    let wait = refused.iter().filter_map(|(_, d)| d.retry_after).max();
     let quoted = names
         .iter()
         .map(|n| format!("\"{n}\""))
@@ -57,7 +56,7 @@ pub fn problem_json(items: &[(&str, &Policy, &Decision)]) -> Value {
 }
 
 /// The body of [`problem_json`] serialised, with its content type.
-pub fn problem_body(items: &[(&str, &Policy, &Decision)]) -> (&'static str, Vec<u8>) {
+pub fn problem_body(items: &[(&str, &Decision)]) -> (&'static str, Vec<u8>) {
     (
         PROBLEM_CONTENT_TYPE,
         problem_json(items).to_string().into_bytes(),
@@ -68,33 +67,26 @@ pub fn problem_body(items: &[(&str, &Policy, &Decision)]) -> (&'static str, Vec<
 mod tests {
     use std::time::Duration;
 
-    use sluice_core::Rate;
-
     use super::*;
 
     #[test]
     fn body_for_refusals() {
-        let p = Policy::gcra(Rate::per_minute(100).expect("valid"));
         let ok = Decision::allow(100, 50, Duration::from_secs(30));
         let short = Decision::deny(100, 0, Duration::from_secs(60), Duration::from_millis(100));
         let long = Decision::deny(100, 0, Duration::from_secs(60), Duration::from_millis(2500));
         let (content_type, body) =
-            problem_body(&[("global", &p, &ok), ("user", &p, &short), ("ip", &p, &long)]);
+            problem_body(&[("global", &ok), ("user", &short), ("ip", &long)]);
         assert_eq!(content_type, "application/problem+json");
         assert_eq!(
             String::from_utf8(body).expect("utf-8"),
             r#"{"detail":"Rate limits \"user\", \"ip\" exceeded; retry in 3 seconds.","status":429,"title":"Too Many Requests","type":"https://sluice.dev/problems/rate-limited","violated-policies":["user","ip"]}"#
         );
-        let one = problem_json(&[("user", &p, &short)]);
+        let one = problem_json(&[("user", &short)]);
         assert_eq!(
             one["detail"],
             "Rate limit \"user\" exceeded; retry in 1 second."
         );
-        let never = problem_json(&[(
-            "user",
-            &p,
-            &Decision::exceeds_capacity(100, 0, Duration::ZERO),
-        )]);
+        let never = problem_json(&[("user", &Decision::exceeds_capacity(100, 0, Duration::ZERO))]);
         assert_eq!(
             never["detail"],
             "Rate limit \"user\" exceeded; the request costs more than the limit admits, so retrying will not help."

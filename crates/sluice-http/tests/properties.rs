@@ -108,7 +108,8 @@ proptest! {
             (wait, value) => prop_assert!(false, "{wait:?} vs {value:?}"),
         }
         let names: Vec<&str> = entries.iter().filter(|(_, _, d)| !d.allowed).map(|(n, _, _)| n.as_str()).collect();
-        prop_assert_eq!(&problem_json(&items)["violated-policies"], &serde_json::json!(names));
+        let named: Vec<(&str, &Decision)> = items.iter().map(|(n, _, d)| (*n, *d)).collect();
+        prop_assert_eq!(&problem_json(&named)["violated-policies"], &serde_json::json!(names));
     }
 
     #[test]

@@ -30,6 +30,9 @@ pub enum ConfigError {
         /// The name.
         name: String,
     },
+    /// A remote layer's domain is empty, which a rate limit server refuses in every check.
+    #[error("the domain is empty: a rate limit server refuses every check without one")]
+    EmptyDomain,
 }
 
 /// The layer [`RateLimitLayer::limit`] returns: `L` and one more limit.

@@ -22,10 +22,16 @@
 //! for a missing key carries a `WWW-Authenticate` challenge
 //! ([`LimitSpec::www_authenticate`]).
 //!
+//! With feature `remote-http` or `remote-grpc`, `remote::RemoteRateLimitLayer` asks a
+//! remote sluice server (or any Envoy rate limit service) instead: the server owns the
+//! limits, the layer sends each request's keys as descriptors and answers as above, with
+//! a failure policy for when the server cannot decide.
+//!
 //! It is not for outbound pacing (waiting for an upstream's quota: that is
 //! `sluice-egress`), and it reads no clock (the store does). It spawns nothing, except
 //! the cancel of a reservation whose request was dropped while waiting on a store that is
-//! not in memory.
+//! not in memory, and, in the remote layer, the connection tasks of its HTTP and gRPC
+//! clients (hyper-util's pool, tonic's channel), on the current tokio runtime.
 //!
 //! ```
 //! use sluice_core::Policy;
@@ -46,6 +52,8 @@ mod headers;
 mod layer;
 mod limits;
 mod proxy;
+#[cfg(any(feature = "remote-http", feature = "remote-grpc"))]
+pub mod remote;
 mod service;
 
 pub use body::ResponseBody;

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Request, Response, StatusCode};
 use pin_project_lite::pin_project;
-use sluice_core::{Decision, Key, Policy, Verdict};
+use sluice_core::{Decision, Key, Verdict};
 use sluice_http::{HeaderStyle, PROBLEM_CONTENT_TYPE, problem_body};
 use sluice_store::{Immediate, Limit, Reservation, Store};
 use tower_service::Service;
@@ -442,11 +442,11 @@ pub(crate) fn problem<B>(status: StatusCode, body: Vec<u8>) -> Response<Response
 }
 
 fn refused<B>(config: &Config, decisions: &[Decision]) -> Response<ResponseBody<B>> {
-    let items: Vec<(&str, &Policy, &Decision)> = config
+    let items: Vec<(&str, &Decision)> = config
         .infos
         .iter()
         .zip(decisions)
-        .map(|(info, decision)| (&*info.name, &info.policy, decision))
+        .map(|(info, decision)| (&*info.name, decision))
         .collect();
     let (_, body) = problem_body(&items);
     let mut response = problem(StatusCode::TOO_MANY_REQUESTS, body);
