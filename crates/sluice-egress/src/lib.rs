@@ -24,6 +24,8 @@ pub mod proxy;
 pub mod quota;
 #[cfg(feature = "reqwest")]
 pub mod reqwest;
+#[cfg(any(feature = "rustls", feature = "proxy-tls"))]
+mod tls;
 pub mod usage;
 
 pub use client::{

@@ -22,15 +22,15 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[cfg(feature = "rustls")]
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+type Connector = crate::tls::Connector;
 #[cfg(not(feature = "rustls"))]
 type Connector = HttpConnector;
 
 /// Sends attempts with hyper-util's pooled HTTP/1.1 client: redirects are not followed,
 /// connections are kept alive, answers are read whole up to a bound. With the `rustls`
-/// feature, https uses rustls with the ring provider (given to this client only, never
-/// installed as the process default) and the platform's certificate roots; without it,
-/// only http.
+/// feature, https uses the crate's shared TLS setup (rustls with the ring provider, given to
+/// this client only, never installed as the process default, and the platform's
+/// certificate roots), offering no ALPN: HTTP/1.1 only; without it, only http.
 #[derive(Clone)]
 pub struct HttpTransport {
     client: Client<Connector, Full<Bytes>>,
@@ -57,14 +57,8 @@ impl HttpTransport {
         http.set_connect_timeout(Some(CONNECT_TIMEOUT));
         http.set_nodelay(true);
         #[cfg(feature = "rustls")]
-        let connector = {
-            http.enforce_http(false);
-            hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(tls_config()?)
-                .https_or_http()
-                .enable_http1()
-                .wrap_connector(http)
-        };
+        let connector = crate::tls::https_connector(http, crate::tls::Alpn::Http1)
+            .map_err(|e| BatchError::Client(format!("TLS: {e}")))?;
         #[cfg(not(feature = "rustls"))]
         let connector = http;
         let client = Client::builder(TokioExecutor::new())
@@ -75,20 +69,6 @@ impl HttpTransport {
             max_response,
         })
     }
-}
-
-/// rustls with ring and the platform verifier.
-#[cfg(feature = "rustls")]
-fn tls_config() -> Result<rustls::ClientConfig, BatchError> {
-    use rustls_platform_verifier::BuilderVerifierExt as _;
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| BatchError::Client(format!("TLS: {e}")))?
-        .with_platform_verifier()
-        .map_err(|e| BatchError::Client(format!("TLS certificate roots: {e}")))?
-        .with_no_client_auth();
-    Ok(config)
 }
 
 impl Transport for HttpTransport {
@@ -129,5 +109,16 @@ impl Transport for HttpTransport {
                 .to_bytes();
             Ok(Response::from_parts(parts, body))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_builds_with_its_tls_setup() {
+        let transport = HttpTransport::new(1024).expect("the client builds");
+        assert_eq!(transport.max_response, 1024);
     }
 }

@@ -17,7 +17,7 @@ use hyper_util::rt::TokioExecutor;
 use super::config::{ProxyConfig, ProxyConfigError};
 
 #[cfg(feature = "proxy-tls")]
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+type Connector = crate::tls::Connector;
 #[cfg(not(feature = "proxy-tls"))]
 type Connector = HttpConnector;
 
@@ -48,25 +48,13 @@ impl UpstreamClient {
     }
 }
 
-/// rustls with the ring provider (given to this client only, never installed as the process
-/// default) and the platform's certificate roots (with their local additions, such as a
-/// company's CA), as the batch engine's client has.
+/// The crate's shared TLS setup (rustls with the ring provider, given to this client only,
+/// never installed as the process default, and the platform's certificate roots), as the
+/// batch engine's client has, but offering `h2` as well as `http/1.1` by ALPN.
 #[cfg(feature = "proxy-tls")]
-fn connector(mut http: HttpConnector) -> Result<Connector, ProxyConfigError> {
-    use rustls_platform_verifier::BuilderVerifierExt as _;
-    http.enforce_http(false);
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ProxyConfigError::Tls(e.to_string()))?
-        .with_platform_verifier()
-        .map_err(|e| ProxyConfigError::Tls(format!("certificate roots: {e}")))?
-        .with_no_client_auth();
-    Ok(hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_all_versions()
-        .wrap_connector(http))
+fn connector(http: HttpConnector) -> Result<Connector, ProxyConfigError> {
+    crate::tls::https_connector(http, crate::tls::Alpn::H2AndHttp1)
+        .map_err(|e| ProxyConfigError::Tls(e.to_string()))
 }
 
 #[cfg(not(feature = "proxy-tls"))]
@@ -120,6 +108,13 @@ pub(crate) fn outgoing_headers(headers: &mut HeaderMap, host: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(feature = "proxy-tls")]
+    #[test]
+    fn the_client_builds_for_an_https_upstream() {
+        let config = ProxyConfig::new("https://api.example.com/v1").expect("a valid config");
+        UpstreamClient::new(&config).expect("the client builds");
+    }
 
     #[test]
     fn hop_by_hop_headers_go_and_the_rest_stays() {
