@@ -18,8 +18,3 @@ mod store;
 pub use fallback::{FallbackConfig, FallbackError, FallbackStats, FallbackStore};
 pub use memory::{HotKey, HotKeysConfig, MemoryConfig, MemoryStats, MemoryStore};
 pub use store::{FailurePolicy, Hold, Immediate, Limit, Reservation, Store};
-
-/// The README's Rust examples, compiled and run as doctests so they stay true.
-#[cfg(doctest)]
-#[doc = include_str!("../../../README.md")]
-struct ReadmeExamples;

@@ -66,3 +66,9 @@ pub use limits::{CostFn, LimitSet, LimitSpec, OnMissingKey, RequestCost, UnitCos
 pub use proxy::{Cidr, ProxyError, TrustedProxies};
 pub use service::{MISSING_KEY_PROBLEM_TYPE, RateLimit, ResponseFuture, UNAVAILABLE_PROBLEM_TYPE};
 pub use sluice_http::HeaderStyle;
+
+/// The README's Rust examples (the store, the algorithms and this layer), compiled and run
+/// as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeExamples;
