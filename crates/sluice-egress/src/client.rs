@@ -14,6 +14,13 @@
 //!
 //! The client spawns nothing: waits happen in the caller's task, so dropping the future
 //! cancels the call and gives back its concurrency slot.
+//!
+//! A call whose answer streams ([`Egress::attempt`], then [`Attempt::answered`] without
+//! the body) keeps its concurrency slot until the stream ends: the upstream works on it
+//! until then. The report's [`Settlement`] holds the slot; settling it (or dropping it,
+//! when the reader goes away) gives the slot back once, and the adaptive limit learns the
+//! whole stream's latency and how it ended. [`Egress::execute`] reads every answer whole
+//! inside its `send`, so its calls end with their answer.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -521,6 +528,10 @@ impl<S: Store> Egress<S> {
     /// answer. Report how it went with [`Attempt::answered`] or [`Attempt::failed`], then
     /// ask [`next_step`](Self::next_step); dropping the attempt unreported gives back its
     /// slot and probe and learns nothing. [`execute`](Self::execute) is this loop.
+    ///
+    /// A streamed answer (reported without its body) keeps the slot in the report's
+    /// [`Settlement`] until the stream ends: keep the settlement with the stream you relay,
+    /// and settle it at its end.
     pub async fn attempt<'a>(&'a self, job: &'a Job) -> Result<Attempt<'a, S>, EgressError> {
         let ticket = self.begin(job).await?;
         Ok(Attempt {
@@ -768,6 +779,8 @@ impl<S: Store> Egress<S> {
         let now = self.now();
         let latency = now.saturating_since(sent_at);
         let counters = &self.inner.counters;
+        // Without its body the answer streams: the upstream works on until it ends.
+        let streams = matches!(answer, Answer::Head { body: None, .. });
         let (outcome, signals, used) = match answer {
             Answer::Head {
                 status,
@@ -796,7 +809,7 @@ impl<S: Store> Egress<S> {
         if let Some(signals) = &signals {
             self.inner.pacer.observe(signals, now);
         }
-        let (events, free) = {
+        let (events, held, free) = {
             let mut shared = self.shared();
             let mut events = match &signals {
                 Some(signals) => shared.quota.observe(signals, now),
@@ -805,10 +818,17 @@ impl<S: Store> Egress<S> {
             if let Some(used) = used {
                 events.extend(shared.quota.record_settled(job.tokens, used, now));
             }
-            match outcome {
+            // The breaker hears at the head (the upstream answered, so it is up); the
+            // concurrency limit hears when the call ends, at the end of a stream.
+            let held = match outcome {
                 Outcome::Success => {
-                    shared.concurrency.on_success(slot, latency, now);
                     shared.breaker.on_success(permit, now);
+                    if streams {
+                        Some(slot)
+                    } else {
+                        shared.concurrency.on_success(slot, latency, now);
+                        None
+                    }
                 }
                 Outcome::Failure(class) => {
                     shared.concurrency.on_failure(slot, class, now);
@@ -818,25 +838,26 @@ impl<S: Store> Egress<S> {
                         // It answered: whatever it said, the upstream is up.
                         shared.breaker.on_success(permit, now);
                     }
+                    None
                 }
-            }
+            };
             self.persist_if_due(&mut shared, now);
-            let free = shared
-                .concurrency
-                .limit()
-                .saturating_sub(shared.concurrency.in_flight());
-            (events, free)
+            (events, held, free_slots(&shared))
         };
-        // The limit may have risen with this answer: wake one waiter per free slot.
-        for _ in 0..free.clamp(1, 64) {
-            self.inner.slot_freed.notify_one();
-        }
+        // Held before anything else is awaited, so that a dropped call gives it back.
+        let in_flight = held.map(|slot| InFlight {
+            egress: self,
+            slot: Some(slot),
+            sent_at,
+        });
+        wake_waiters(&self.inner, free);
         log_events(&self.inner.config.upstream, &events);
         // A streamed answer's usage comes at its end: the caller settles it then.
         let settlement = Settlement {
             egress: self,
             paced,
             estimate: job.tokens,
+            in_flight,
         };
         let settlement = match used {
             Some(used) => {
@@ -1002,6 +1023,11 @@ impl<'a, S: Store> Attempt<'a, S> {
     /// whole (its usage settles the tokens, and its wording tells a spent quota from a
     /// rate limit); pass `None` while it streams, and settle the tokens with the report's
     /// [`settlement`](AttemptReport::settlement) when it ends.
+    ///
+    /// A successful answer given without its body is a stream: the call keeps its
+    /// concurrency slot, held by the settlement, until the stream ends, and the adaptive
+    /// limit learns its outcome and latency then. The circuit breaker, the counters and
+    /// [`Egress::next_step`] take the head's word at once.
     pub async fn answered(
         self,
         status: StatusCode,
@@ -1044,46 +1070,160 @@ pub struct AttemptReport<'a, S: Store> {
     pub should_retry: Option<bool>,
     /// The upstream's `Retry-After` (or `retry-after-ms`).
     pub retry_after: Option<Duration>,
-    /// The tokens still to settle, when the answer's body was not given (it streams).
+    /// The tokens still to settle, when the answer's body was not given (it streams) or
+    /// reported no usage. For a successful stream it also holds the call's concurrency slot
+    /// until it is settled or dropped: keep it as long as the stream runs.
     pub settlement: Option<Settlement<'a, S>>,
 }
 
-/// The tokens of a streamed answer, settled when its usage is known.
-#[must_use = "settle the tokens when the answer ends; dropped, the estimate stays charged"]
+/// The end of a call whose answer streams: its tokens, settled when its usage is known,
+/// and, for a successful stream, its hold on the upstream.
+///
+/// While a stream's settlement lives, its call keeps its concurrency slot, so the limit
+/// counts streams until they end, not until their head arrives. It gives the slot back
+/// exactly once, whichever way the stream ends:
+///
+/// - [`settle_to`](Self::settle_to): the stream ended; the adaptive limit counts a
+///   success that took from sending to now;
+/// - [`broke_off`](Self::broke_off): the upstream's stream failed before its end; the
+///   limit learns a failure of that class (a timeout is congestion, a reset connection is
+///   not);
+/// - dropped (the reader went away, the relay was cancelled): the slot is given back and
+///   nothing is learned; the estimate stays charged.
+///
+/// Keep it with the stream: a proxy keeps it in the future that relays the body, which
+/// the relayed body owns, so the slot lasts exactly as long as the relay.
+#[must_use = "settle it when the answer ends: until then it holds the call's tokens and concurrency slot"]
 pub struct Settlement<'a, S: Store> {
     egress: &'a Egress<S>,
     paced: Paced,
     estimate: u64,
+    /// The stream's concurrency slot; `None` for an answer read whole.
+    in_flight: Option<InFlight<'a, S>>,
 }
 
 impl<S: Store> std::fmt::Debug for Settlement<'_, S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Settlement")
             .field("estimate", &self.estimate)
+            .field("holds_slot", &self.holds_slot())
             .finish_non_exhaustive()
     }
 }
 
 impl<S: Store> Settlement<'_, S> {
-    /// Corrects the call's tokens to `used` (its estimate when the answer reported none).
-    pub async fn settle_to(self, used: Option<u64>) {
+    /// The answer ended: gives back a stream's concurrency slot (a success, as long as the
+    /// whole stream took), then corrects the call's tokens to `used` (its estimate when
+    /// the answer reported none).
+    pub async fn settle_to(mut self, used: Option<u64>) {
+        if let Some(mut call) = self.in_flight.take() {
+            call.end(StreamEnd::Completed);
+        }
         let used = used.unwrap_or(self.estimate);
         self.settle(used, true).await;
     }
 
+    /// The answer broke off before its end with `class` (a reset connection, a timeout):
+    /// gives back a stream's concurrency slot as a failure of `class`, then corrects the
+    /// call's tokens to `used` (its estimate when the answer reported none).
+    pub async fn broke_off(mut self, class: ErrorClass, used: Option<u64>) {
+        if let Some(mut call) = self.in_flight.take() {
+            call.end(StreamEnd::BrokeOff(class));
+        }
+        let used = used.unwrap_or(self.estimate);
+        self.settle(used, true).await;
+    }
+
+    /// Whether it still holds a stream's concurrency slot.
+    pub fn holds_slot(&self) -> bool {
+        self.in_flight
+            .as_ref()
+            .is_some_and(|call| call.slot.is_some())
+    }
+
     async fn settle(self, used: u64, count: bool) {
-        let egress = self.egress;
+        let Self {
+            egress,
+            paced,
+            estimate,
+            in_flight,
+        } = self;
+        // Settled without a word on how the stream went: give the slot back, learn nothing.
+        drop(in_flight);
         if count {
             let now = egress.now();
-            let events = egress
-                .shared()
-                .quota
-                .record_settled(self.estimate, used, now);
+            let events = egress.shared().quota.record_settled(estimate, used, now);
             log_events(&egress.inner.config.upstream, &events);
         }
-        if let Err(e) = egress.inner.pacer.settle(&self.paced, used).await {
+        if let Err(e) = egress.inner.pacer.settle(&paced, used).await {
             tracing::warn!(upstream = %egress.inner.config.upstream, error = %e, "could not settle the tokens of a call");
         }
+    }
+}
+
+/// How a streamed call ended, for the concurrency limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StreamEnd {
+    /// It ended normally: a success.
+    Completed,
+    /// The upstream's stream failed with this class.
+    BrokeOff(ErrorClass),
+    /// The reader went away: nothing to learn.
+    Abandoned,
+}
+
+/// A streamed call's concurrency slot, held from its head until its end and given back
+/// exactly once: by [`end`](Self::end), or on drop.
+struct InFlight<'a, S> {
+    egress: &'a Egress<S>,
+    slot: Option<Slot>,
+    sent_at: Nanos,
+}
+
+impl<S> InFlight<'_, S> {
+    /// Gives the slot back, reporting how the call ended; only the first call does
+    /// anything.
+    fn end(&mut self, end: StreamEnd) {
+        let Some(slot) = self.slot.take() else {
+            return;
+        };
+        let inner = &self.egress.inner;
+        let now = inner.clock.now();
+        let free = {
+            let mut shared = inner.shared.lock().unwrap_or_else(PoisonError::into_inner);
+            match end {
+                StreamEnd::Completed => {
+                    let latency = now.saturating_since(self.sent_at);
+                    shared.concurrency.on_success(slot, latency, now);
+                }
+                StreamEnd::BrokeOff(class) => shared.concurrency.on_failure(slot, class, now),
+                StreamEnd::Abandoned => shared.concurrency.release(slot),
+            }
+            free_slots(&shared)
+        };
+        wake_waiters(inner, free);
+    }
+}
+
+impl<S> Drop for InFlight<'_, S> {
+    fn drop(&mut self) {
+        self.end(StreamEnd::Abandoned);
+    }
+}
+
+/// Slots free under the current limit.
+fn free_slots(shared: &Shared) -> u32 {
+    shared
+        .concurrency
+        .limit()
+        .saturating_sub(shared.concurrency.in_flight())
+}
+
+/// Wakes one caller waiting for a slot per free slot (at least one: the limit may have
+/// risen), up to 64.
+fn wake_waiters<S>(inner: &Inner<S>, free: u32) {
+    for _ in 0..free.clamp(1, 64) {
+        inner.slot_freed.notify_one();
     }
 }
 
@@ -1122,5 +1262,118 @@ impl Drop for Waiting<'_> {
 fn log_events(upstream: &str, events: &[QuotaEvent]) {
     for event in events {
         event.log(upstream);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::concurrency::LatencyRule;
+
+    fn egress(concurrency: ConcurrencyConfig) -> Egress {
+        let mut config = EgressConfig::new("test");
+        config.concurrency = concurrency;
+        Egress::new(config).expect("a valid config")
+    }
+
+    fn concurrency(initial: u32, max: u32) -> ConcurrencyConfig {
+        ConcurrencyConfig {
+            initial,
+            min: 1,
+            max,
+            // Every success counted raises the limit by 1.
+            successes_per_increase: Some(1),
+            decrease_cooldown: Duration::ZERO,
+            ..ConcurrencyConfig::default()
+        }
+    }
+
+    fn job() -> Job {
+        Job::new(&http::Method::POST, 100)
+    }
+
+    /// An attempt answered 200 whose body streams: its settlement.
+    async fn stream<'a>(
+        egress: &'a Egress,
+        job: &'a Job,
+    ) -> Settlement<'a, MemoryStore<TokioClock>> {
+        let attempt = egress.attempt(job).await.expect("an attempt");
+        let report = attempt
+            .answered(StatusCode::OK, &HeaderMap::new(), None)
+            .await;
+        assert_eq!(report.failure, None);
+        report.settlement.expect("a stream has a settlement")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_streams_slot_is_held_until_it_ends_and_given_back_once() {
+        let egress = egress(concurrency(2, 2));
+        let job = job();
+        let a = stream(&egress, &job).await;
+        let b = stream(&egress, &job).await;
+        assert!(a.holds_slot() && b.holds_slot());
+        assert_eq!(egress.stats().in_flight, 2, "both streams hold their slot");
+        let third = tokio::time::timeout(Duration::from_secs(1), egress.attempt(&job)).await;
+        assert!(third.is_err(), "no third call while two stream");
+        // Settled, then dropped: one slot back, not two (b still holds its own).
+        a.settle_to(Some(10)).await;
+        assert_eq!(egress.stats().in_flight, 1);
+        let c = stream(&egress, &job).await;
+        assert_eq!(egress.stats().in_flight, 2);
+        // Broken off, then dropped: once.
+        c.broke_off(ErrorClass::ConnectionReset, None).await;
+        assert_eq!(egress.stats().in_flight, 1);
+        // Dropped unsettled (the reader went away): given back all the same.
+        drop(b);
+        assert_eq!(egress.stats().in_flight, 0);
+        let d = stream(&egress, &job).await;
+        drop(d);
+        assert_eq!(egress.stats().in_flight, 0);
+        // An answer read whole holds nothing past its report.
+        let attempt = egress.attempt(&job).await.expect("an attempt");
+        let report = attempt
+            .answered(StatusCode::OK, &HeaderMap::new(), Some(b"{}"))
+            .await;
+        assert!(report.settlement.as_ref().is_some_and(|s| !s.holds_slot()));
+        assert_eq!(egress.stats().in_flight, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_is_judged_when_it_ends() {
+        let egress = egress(concurrency(1, 4));
+        let limit = || egress.stats().concurrency_limit;
+        let job = job();
+        let s = stream(&egress, &job).await;
+        assert_eq!(limit(), 1, "nothing learned at the head");
+        s.settle_to(None).await;
+        assert_eq!(limit(), 2, "a success at its end");
+        let s = stream(&egress, &job).await;
+        s.broke_off(ErrorClass::Timeout, None).await;
+        assert_eq!(limit(), 1, "a stream that timed out is congestion");
+        let s = stream(&egress, &job).await;
+        drop(s);
+        assert_eq!(limit(), 1, "a stream its reader left says nothing");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_streams_latency_is_the_whole_stream() {
+        let egress = egress(ConcurrencyConfig {
+            latency: Some(LatencyRule { tolerance: 2.0 }),
+            ..concurrency(4, 4)
+        });
+        let limit = || egress.stats().concurrency_limit;
+        let job = job();
+        // Two streams of 100 ms: the baseline.
+        for _ in 0..2 {
+            let s = stream(&egress, &job).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            s.settle_to(None).await;
+        }
+        assert_eq!(limit(), 4);
+        // A head as fast as ever, then a stream ten times as long: slow.
+        let s = stream(&egress, &job).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        s.settle_to(None).await;
+        assert_eq!(limit(), 3, "1 s > 2 × the 100 ms baseline");
     }
 }

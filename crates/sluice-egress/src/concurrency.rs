@@ -7,7 +7,9 @@
 //! [`try_acquire`](AdaptiveConcurrency::try_acquire) before each call and hands it back
 //! exactly once: [`on_success`](AdaptiveConcurrency::on_success),
 //! [`on_failure`](AdaptiveConcurrency::on_failure), or
-//! [`release`](AdaptiveConcurrency::release) for a call cancelled without an answer.
+//! [`release`](AdaptiveConcurrency::release) for a call cancelled without an answer. A
+//! call is in flight as long as the upstream works on it: the egress client holds a
+//! streamed answer's slot until the stream ends.
 //!
 //! # Rules
 //!
@@ -154,7 +156,9 @@ impl ConcurrencyConfig {
 /// idea of Netflix's Gradient limit, simplified to a threshold.
 ///
 /// It suits upstreams whose calls cost about the same. Where latency follows the request
-/// (an LLM writing 10 or 4 000 tokens), leave it off.
+/// (an LLM writing 10 or 4 000 tokens), leave it off: the egress client reports a streamed
+/// answer when its stream ends, so its latency is the whole stream's, not the time to its
+/// first byte.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LatencyRule {
     /// How many times the baseline a success may take before it counts as congestion:

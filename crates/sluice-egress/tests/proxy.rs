@@ -945,3 +945,206 @@ async fn streaming_requests_are_never_coalesced() {
     );
     assert_eq!(metric(&round.metrics, "sluice_proxy_streams_total"), 5.0);
 }
+
+/// The egress configuration of `sluice proxy --max-concurrency max`: at most `max` calls
+/// to the upstream at once.
+fn at_most(max: u32) -> EgressConfig {
+    let mut config = egress_config("fake-openai");
+    config.concurrency.max = max;
+    config.concurrency.initial = config.concurrency.initial.min(max);
+    config.concurrency.min = config.concurrency.min.min(max);
+    config
+}
+
+/// A chat completion request for a stream of `max_tokens` words, with its usage at the end.
+fn stream_body(prompt: &str, max_tokens: u64) -> Value {
+    let mut body = chat_body(prompt, Some(max_tokens));
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    body
+}
+
+/// The `data:` payloads of a server-sent event stream, and the text of their deltas.
+fn stream_content(text: &str) -> (Vec<&str>, String) {
+    let events: Vec<&str> = text
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .collect();
+    let content = events
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+        .filter_map(|e| {
+            e.pointer("/choices/0/delta/content")?
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    (events, content)
+}
+
+/// Waits (polling, up to a generous bound) until `done` holds; whether it did.
+async fn eventually(mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    done()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_hold_their_concurrency_slot_until_they_end() {
+    const CHUNKS: u64 = 8;
+    const STREAMS: usize = 6;
+    const WORDS: u64 = 40;
+    // Each stream lasts about a second (11 events, 100 ms apart).
+    let (upstream, server) = fake(FakeUpstreamConfig {
+        stream: StreamConfig {
+            chunks: CHUNKS,
+            interval: Duration::from_millis(100),
+        },
+        ..FakeUpstreamConfig::default()
+    })
+    .await;
+    let egress = Egress::new(at_most(2)).expect("a valid config");
+    let proxy = Proxy::start(ProxyConfig::new(&server.url()).expect("valid"), egress).await;
+    let url = proxy.url("/v1/chat/completions");
+
+    let tasks: Vec<_> = (0..STREAMS)
+        .map(|i| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let body = stream_body(&format!("stream {i}"), WORDS);
+                let (_, _, text) =
+                    read_stream(&http_client(), post(&url, &body), Instant::now()).await;
+                text
+            })
+        })
+        .collect();
+    for task in tasks {
+        let text = tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .expect("every stream ends")
+            .expect("a client task");
+        let (events, content) = stream_content(&text);
+        // The content chunks, the finish, the usage, [DONE].
+        assert_eq!(events.len(), usize::try_from(CHUNKS).unwrap() + 3, "{text}");
+        assert_eq!(events.last(), Some(&"[DONE]"), "{text}");
+        assert_eq!(content, "tok ".repeat(40).trim_end(), "{text}");
+    }
+    let streams = upstream.stream_stats();
+    println!("{STREAMS} streams through a proxy of at most 2 calls: {streams:?}");
+    assert_eq!((streams.started, streams.completed), (6, 6));
+    assert_eq!(
+        streams.max_open, 2,
+        "the upstream had {} streams open at once through a proxy allowed 2",
+        streams.max_open
+    );
+    let stats = proxy.egress.stats();
+    assert_eq!(
+        (stats.in_flight, stats.attempts, stats.succeeded),
+        (0, 6, 6)
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_mid_stream_gives_its_slot_back() {
+    // A stream of 300 events 100 ms apart: half a minute, if it were read to its end.
+    let (upstream, server) = fake(FakeUpstreamConfig {
+        stream: StreamConfig {
+            chunks: 300,
+            interval: Duration::from_millis(100),
+        },
+        ..FakeUpstreamConfig::default()
+    })
+    .await;
+    let egress = Egress::new(at_most(1)).expect("a valid config");
+    let proxy = Proxy::start(ProxyConfig::new(&server.url()).expect("valid"), egress).await;
+    let url = proxy.url("/v1/chat/completions");
+
+    let leaving = http_client();
+    let response = leaving
+        .request(post(&url, &stream_body("a long story", 300)))
+        .await
+        .expect("the proxy answers");
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let first = body.frame().await.expect("a first frame").expect("a frame");
+    assert!(first.data_ref().is_some_and(|d| d.starts_with(b"data: ")));
+    assert_eq!(
+        proxy.egress.stats().in_flight,
+        1,
+        "the stream holds the one slot while it is relayed"
+    );
+    drop(body);
+    drop(leaving);
+
+    // The next call needs that slot: it gets it when the proxy sees the client gone, long
+    // before the stream would have ended.
+    let next = tokio::time::timeout(
+        Duration::from_secs(20),
+        send(&http_client(), post(&url, &chat_body("hi", Some(5)))),
+    )
+    .await
+    .expect("the slot of the stream the client left was given back");
+    assert_eq!(next.status(), 200);
+    assert_eq!(proxy.egress.stats().in_flight, 0);
+    // The upstream saw the stream closed, not completed.
+    assert!(
+        eventually(|| upstream.stream_stats().open == 0).await,
+        "{:?}",
+        upstream.stream_stats()
+    );
+    let streams = upstream.stream_stats();
+    assert_eq!((streams.started, streams.completed), (1, 0), "{streams:?}");
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_the_upstream_breaks_off_gives_its_slot_back() {
+    let (_upstream, server) = fake(FakeUpstreamConfig {
+        stream: StreamConfig {
+            chunks: 300,
+            interval: Duration::from_millis(100),
+        },
+        ..FakeUpstreamConfig::default()
+    })
+    .await;
+    let egress = Egress::new(at_most(1)).expect("a valid config");
+    let proxy = Proxy::start(ProxyConfig::new(&server.url()).expect("valid"), egress).await;
+    let client = http_client();
+    let response = client
+        .request(post(
+            &proxy.url("/v1/chat/completions"),
+            &stream_body("a long story", 300),
+        ))
+        .await
+        .expect("the proxy answers");
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    body.frame().await.expect("a first frame").expect("a frame");
+    assert_eq!(proxy.egress.stats().in_flight, 1);
+
+    // The upstream goes away mid-stream: its connections close.
+    server.shutdown().await;
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match body.frame().await {
+                Some(Ok(_)) => {}
+                Some(Err(_)) => return true,
+                None => return false,
+            }
+        }
+    })
+    .await
+    .expect("the relayed stream ends");
+    assert!(ended, "the client sees the stream broken off, not complete");
+    assert!(
+        eventually(|| proxy.egress.stats().in_flight == 0).await,
+        "the slot of the broken stream was never given back"
+    );
+    proxy.stop().await;
+}

@@ -14,6 +14,10 @@ use crate::layer::BoxError;
 /// The work that relays a streamed answer: it reads the upstream's frames into the channel,
 /// then settles the call's tokens. The body drives it, so it runs in the connection's task
 /// and stops when the client goes away (the body is dropped).
+///
+/// It holds the call's concurrency slot (in its [`Settlement`](crate::client::Settlement))
+/// until the upstream's stream ends, and it lives in the body: dropping the body drops it
+/// and gives the slot back, so a stream occupies a slot exactly as long as it is relayed.
 pub(crate) type Producer = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// A frame of a relayed answer, or the upstream's failure mid-stream.

@@ -8,6 +8,12 @@
 //! reads, so the relay and the final settlement run in the connection's task, and stop
 //! when the client goes away. Nothing is spawned per request.
 //!
+//! A streamed answer's [`Settlement`] holds the call's concurrency slot, and the producer
+//! holds the settlement until the upstream's stream ends: the slot is given back when the
+//! stream completes (a success, timed over the whole stream), breaks off (a failure of its
+//! class), or when the client goes away and the body, with the producer inside, is
+//! dropped. So `--max-concurrency` counts streams until they end, not until their head.
+//!
 //! With [`ProxyConfig::coalesce`] on, a request that may share its answer (see
 //! [`super::coalesce`]) goes through [`Egress::execute_coalesced`] instead: its answer is
 //! read whole, since one answer goes to every identical request waiting for it.
@@ -451,7 +457,8 @@ async fn send_whole<S>(
 }
 
 /// Relays a streamed answer: sends its head, then its frames as they come, reading the
-/// usage of server-sent events; settles the tokens at the end.
+/// usage of server-sent events; at the end, gives back the call's concurrency slot (held by
+/// `settlement`) and settles the tokens.
 async fn relay<S: Store>(
     shared: &Shared<S>,
     settlement: Option<Settlement<'_, S>>,
@@ -471,6 +478,7 @@ async fn relay<S: Store>(
     shared.metrics.stream_started();
     let _active = Gauge::held(&shared.metrics.streams_active);
     let mut scanner = UsageScanner::default();
+    let mut broke_off = None;
     while let Some(frame) = body.frame().await {
         match frame {
             Ok(frame) => {
@@ -478,20 +486,28 @@ async fn relay<S: Store>(
                     scanner.feed(data);
                 }
                 if frames.send(Ok(frame)).await.is_err() {
-                    break;
+                    // The client is gone (the body owns this producer, so this is only
+                    // for safety): as when the body is dropped, nothing is learned.
+                    return;
                 }
             }
             Err(e) => {
                 tracing::debug!(error = %e, "the upstream's stream broke off");
+                broke_off = Some(transport_class(&e));
                 let _ = frames.send(Err(Box::new(e))).await;
                 break;
             }
         }
     }
+    // The upstream is done with the call: its slot goes back before the tokens settle.
+    drop(body);
     let used = scanner.tokens();
     shared.metrics.stream_settled(used.is_some());
     if let Some(settlement) = settlement {
-        settlement.settle_to(used).await;
+        match broke_off {
+            None => settlement.settle_to(used).await,
+            Some(class) => settlement.broke_off(class, used).await,
+        }
     }
     drop(frames);
 }

@@ -52,9 +52,9 @@
 //! `message_start` and `message_delta`), which settles the call's tokens when the stream
 //! ends; without one the estimate stays charged. The proxy asks the upstream for
 //! uncompressed answers (`Accept-Encoding: identity`) so that it can read their usage.
-//! A stream's concurrency slot is given back when its head arrives (the egress client
-//! measures latency to the first byte); the stream then takes as long as it takes, and
-//! ends early, its tokens left at the estimate, when the client goes away.
+//! A stream keeps its concurrency slot until it ends (completes, breaks off, or the client
+//! goes away), and the adaptive limit learns its whole duration then; it ends early, its
+//! tokens left at the estimate, when the client goes away.
 //!
 //! # Coalescing
 //!

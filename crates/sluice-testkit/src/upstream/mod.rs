@@ -127,7 +127,7 @@ mod stream;
 pub use idempotency::{IDEMPOTENCY_CAPACITY, KeyUse};
 pub use openai::{DEFAULT_MAX_TOKENS, FAKE_MODEL, prompt_tokens};
 pub use server::FakeServer;
-pub use stream::{FakeBody, StreamConfig};
+pub use stream::{FakeBody, StreamConfig, StreamStats};
 
 use idempotency::IdempotencyStore;
 use openai::{Chat, completion_body, error_body, models_body, parse_chat};
@@ -315,6 +315,7 @@ struct State {
     stats: FakeStats,
     log: VecDeque<Served>,
     idempotency: IdempotencyStore,
+    streams: StreamStats,
 }
 
 /// What to do once the state has decided, outside its lock.
@@ -352,6 +353,7 @@ impl FakeUpstream {
             stats: FakeStats::default(),
             log: VecDeque::new(),
             idempotency: IdempotencyStore::default(),
+            streams: StreamStats::default(),
         };
         Self {
             inner: Arc::new(Inner {
@@ -440,12 +442,19 @@ impl FakeUpstream {
         self.inner.lock().log.iter().copied().collect()
     }
 
-    /// Zeroes the counters and empties the log; the buckets, faults and request numbers
-    /// go on.
+    /// Zeroes the counters (and the [`stream_stats`](Self::stream_stats), but for the
+    /// streams still open) and empties the log; the buckets, faults and request numbers go
+    /// on.
     pub fn reset_stats(&self) {
         let mut state = self.inner.lock();
         state.stats = FakeStats::default();
         state.log.clear();
+        let open = state.streams.open;
+        state.streams = StreamStats {
+            open,
+            max_open: open,
+            ..StreamStats::default()
+        };
     }
 
     /// What a chat completion request with `body` is charged with the current
@@ -486,7 +495,12 @@ impl FakeUpstream {
                 tokio::time::sleep(latency).await;
                 Ok(response)
             }
-            Action::Stream(sse) => Ok(sse.collect().await),
+            Action::Stream(sse) => {
+                let mut open = stream::OpenStream::new(self);
+                let response = sse.collect().await;
+                open.complete();
+                Ok(response)
+            }
             Action::Timeout => {
                 tokio::time::sleep(TIMEOUT_AFTER).await;
                 Err(FakeUpstreamError::TimedOut)

@@ -26,9 +26,15 @@
 //! each in its own chunk of the chunked body, so a client sees them arrive one by one. In
 //! process ([`FakeUpstream::handle`] and the `Service` impl) the whole stream is the body,
 //! after the same total wait.
+//!
+//! [`FakeUpstream::stream_stats`] counts the streams: begun, open now, the most open at one
+//! moment, and completed. A stream is open from the moment its request is decided (before
+//! the latency) until its body is dropped, whether every event was sent or the client went
+//! away first: what a client that limits its streams in flight must keep within its limit.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -42,6 +48,73 @@ use serde_json::{Value, json};
 use tokio::time::Sleep;
 
 use super::{Action, BoxError, FakeUpstream, FakeUpstreamError, TIMEOUT_AFTER};
+
+/// The streams a [`FakeUpstream`] has answered with, from
+/// [`stream_stats`](FakeUpstream::stream_stats).
+///
+/// ```
+/// use sluice_testkit::upstream::StreamStats;
+///
+/// let stats = StreamStats::default();
+/// assert_eq!((stats.started, stats.open, stats.max_open, stats.completed), (0, 0, 0, 0));
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StreamStats {
+    /// Streamed answers begun, each counted when its request is decided.
+    pub started: u64,
+    /// Streams open now: begun, and their body not yet dropped.
+    pub open: u64,
+    /// The most streams open at one moment, since the upstream was made or its stats were
+    /// last reset.
+    pub max_open: u64,
+    /// Streams whose every event was sent (over HTTP: handed to the connection).
+    pub completed: u64,
+}
+
+/// Counts one stream open in the upstream's [`StreamStats`] while it lives.
+pub(super) struct OpenStream {
+    upstream: FakeUpstream,
+    completed: bool,
+}
+
+impl OpenStream {
+    /// Counts a stream begun, and open until this is dropped.
+    pub(super) fn new(upstream: &FakeUpstream) -> Self {
+        let mut state = upstream.inner.lock();
+        let streams = &mut state.streams;
+        streams.started += 1;
+        streams.open += 1;
+        streams.max_open = streams.max_open.max(streams.open);
+        drop(state);
+        Self {
+            upstream: upstream.clone(),
+            completed: false,
+        }
+    }
+
+    /// Counts the stream completed (once, however often it is called).
+    pub(super) fn complete(&mut self) {
+        if !self.completed {
+            self.completed = true;
+            self.upstream.inner.lock().streams.completed += 1;
+        }
+    }
+}
+
+impl fmt::Debug for OpenStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpenStream")
+            .field("completed", &self.completed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        let mut state = self.upstream.inner.lock();
+        state.streams.open = state.streams.open.saturating_sub(1);
+    }
+}
 
 /// How a streamed answer (`"stream": true`) is paced.
 ///
@@ -226,6 +299,8 @@ enum Kind {
         interval: Duration,
         /// The wait before the next event; none before the first.
         next: Option<Pin<Box<Sleep>>>,
+        /// Counts the stream open until the body is dropped.
+        open: OpenStream,
     },
 }
 
@@ -251,6 +326,7 @@ impl Body for FakeBody {
                 events,
                 interval,
                 next,
+                open,
             } => {
                 if let Some(sleep) = next
                     && sleep.as_mut().poll(cx).is_pending()
@@ -258,8 +334,12 @@ impl Body for FakeBody {
                     return Poll::Pending;
                 }
                 let Some(event) = events.pop_front() else {
+                    open.complete();
                     return Poll::Ready(None);
                 };
+                if events.is_empty() {
+                    open.complete();
+                }
                 *next = Some(Box::pin(tokio::time::sleep(*interval)));
                 Poll::Ready(Some(Ok(Frame::data(event))))
             }
@@ -282,6 +362,13 @@ impl Body for FakeBody {
 }
 
 impl FakeUpstream {
+    /// The streams so far (see [`StreamStats`]). [`reset_stats`](Self::reset_stats) zeroes
+    /// them but for the streams still open, which stay counted (and are the new
+    /// `max_open`).
+    pub fn stream_stats(&self) -> StreamStats {
+        self.inner.lock().streams
+    }
+
     /// Answers one request as [`handle`](Self::handle) does, but with a streamed answer's
     /// events sent one by one, [`StreamConfig::interval`] apart: what
     /// [`serve`](Self::serve) answers over HTTP.
@@ -312,12 +399,15 @@ impl FakeUpstream {
                 Ok(response.map(FakeBody::full))
             }
             Action::Stream(sse) => {
+                // Open from now: a client that gives up during the latency closes it.
+                let open = OpenStream::new(self);
                 tokio::time::sleep(sse.latency).await;
                 let body = FakeBody {
                     kind: Kind::Events {
                         events: sse.events,
                         interval: sse.interval,
                         next: None,
+                        open,
                     },
                 };
                 Ok(sse.head.map(|()| body))
@@ -333,7 +423,12 @@ impl FakeUpstream {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use http::Method;
+
     use super::*;
+    use crate::upstream::{FakeUpstreamConfig, chat_body, json_request};
 
     #[test]
     fn splits_text_into_n_pieces() {
@@ -360,6 +455,46 @@ mod tests {
                 .iter()
                 .all(|e| !String::from_utf8_lossy(e).contains("usage"))
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stream_stats_count_the_streams_open_at_once() {
+        let upstream = FakeUpstream::new(
+            FakeUpstreamConfig::default(),
+            Arc::new(crate::clock_at(100)),
+        );
+        let mut body = chat_body("Hi", Some(5));
+        body["stream"] = json!(true);
+        let request = || json_request(Method::POST, "/v1/chat/completions", &body);
+        let stats = |started, open, max_open, completed| StreamStats {
+            started,
+            open,
+            max_open,
+            completed,
+        };
+        let a = upstream.respond(request()).await.expect("a stream");
+        let b = upstream.respond(request()).await.expect("a stream");
+        assert_eq!(upstream.stream_stats(), stats(2, 2, 2, 0));
+        let text = a
+            .into_body()
+            .collect()
+            .await
+            .expect("the events")
+            .to_bytes();
+        assert!(text.ends_with(b"data: [DONE]\n\n"));
+        assert_eq!(upstream.stream_stats(), stats(2, 1, 2, 1));
+        // A client that goes away: closed, not completed.
+        drop(b);
+        assert_eq!(upstream.stream_stats(), stats(2, 0, 2, 1));
+        // In process, the whole stream at once.
+        let answer = upstream.handle(request()).await.expect("a stream");
+        assert_eq!(answer.status(), 200);
+        assert_eq!(upstream.stream_stats(), stats(3, 0, 2, 2));
+        let c = upstream.respond(request()).await.expect("a stream");
+        upstream.reset_stats();
+        assert_eq!(upstream.stream_stats(), stats(0, 1, 1, 0));
+        drop(c);
+        assert_eq!(upstream.stream_stats(), stats(0, 0, 1, 0));
     }
 
     fn events_without_usage(completion: &Value) -> VecDeque<Bytes> {
