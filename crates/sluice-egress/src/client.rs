@@ -468,7 +468,9 @@ impl<S: Store> Egress<S> {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn now(&self) -> Nanos {
+    /// The client's clock reading: the timeline of its pacing, quota and reports, and the
+    /// `started` a caller of [`next_step`](Self::next_step) passes.
+    pub fn now(&self) -> Nanos {
         self.inner.clock.now()
     }
 
@@ -545,8 +547,8 @@ impl<S: Store> Egress<S> {
     }
 
     /// What to do after attempt number `attempts` (1 for the first) of a call that began
-    /// at `started` was reported: done, retry after a wait, or give up (not retryable, or
-    /// out of attempts or time).
+    /// at `started` (an [`Egress::now`] reading) was reported: done, retry after a wait, or
+    /// give up (not retryable, or out of attempts or time).
     pub fn next_step(
         &self,
         job: &Job,

@@ -30,7 +30,6 @@ use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use http::{Extensions, HeaderMap, Request, Response, StatusCode, Uri, Version, request, response};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use sluice_core::Clock;
 use sluice_store::Store;
 use tokio::sync::{mpsc, oneshot};
 
@@ -47,7 +46,7 @@ use crate::classify::ErrorClass;
 use crate::client::{NextStep, Settlement};
 use crate::coalesce::CoalesceKey;
 use crate::layer::{job_for, transport_class};
-use crate::{Egress, EgressError, Job, SendError, TokioClock};
+use crate::{Egress, EgressError, Job, SendError};
 
 /// Frames of a stream buffered between the upstream and the client.
 const RELAY_BUFFER: usize = 16;
@@ -61,8 +60,6 @@ pub(crate) struct Shared<S> {
     pub(crate) egress: Egress<S>,
     pub(crate) metrics: Metrics,
     client: UpstreamClient,
-    /// Reads the time a call began, for [`Egress::next_step`]'s `max_elapsed`.
-    clock: TokioClock,
     host: String,
     /// Stands for the upstream in coalescing keys (the request's path is in their digest).
     coalesce_base: Uri,
@@ -77,7 +74,6 @@ impl<S> Shared<S> {
             egress,
             metrics: Metrics::default(),
             client,
-            clock: TokioClock::new(),
             host,
             coalesce_base,
         }
@@ -236,7 +232,7 @@ async fn attempts<S: Store>(
 ) {
     let egress = &shared.egress;
     let config = &shared.config;
-    let started = shared.clock.now();
+    let started = egress.now();
     let mut attempts: u32 = 0;
     loop {
         attempts += 1;
