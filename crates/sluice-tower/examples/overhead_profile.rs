@@ -12,6 +12,11 @@
 //! `ietf`, `governor`, `governor_headers`) it drives that one alone, for an instruction
 //! profile: `valgrind --tool=callgrind target/release/examples/overhead_profile quiet 20000`.
 
+#![allow(
+    clippy::disallowed_types,
+    reason = "a benchmark measures wall-clock time by nature"
+)]
+
 use std::convert::Infallible;
 use std::hint::black_box;
 use std::net::SocketAddr;
