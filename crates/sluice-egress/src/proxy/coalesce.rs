@@ -21,11 +21,12 @@
 //!
 //! [`ProxyConfig::coalesce`]: super::ProxyConfig::coalesce
 
-use http::header::{ACCEPT, CONTENT_TYPE};
+use http::header::ACCEPT;
 use http::{HeaderMap, Method, Uri, request};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use super::forward::is_json;
 use crate::coalesce::CoalesceKey;
 
 /// The prefix of the proxy's own request headers, which never count.
@@ -66,20 +67,6 @@ fn accepts_event_stream(headers: &HeaderMap) -> bool {
             .to_str()
             .is_ok_and(|v| v.to_ascii_lowercase().contains("text/event-stream"))
     })
-}
-
-fn is_json(headers: &HeaderMap) -> bool {
-    headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .is_some_and(|v| v == "application/json" || v.ends_with("+json"))
 }
 
 /// The one field of a request body that decides whether its answer streams; serde skips

@@ -543,7 +543,8 @@ fn streams(headers: &HeaderMap, max_body: usize) -> bool {
     }
 }
 
-fn is_json(headers: &HeaderMap) -> bool {
+/// Whether the body is JSON by its `Content-Type` (`application/json` or `…+json`).
+pub(super) fn is_json(headers: &HeaderMap) -> bool {
     headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

@@ -125,3 +125,28 @@ pub async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'stat
         .await
         .expect("the blocking work")
 }
+
+/// Checks what an SDK script (Python or JS) reports of its streamed completion: the
+/// chunks arrived spread over at least half a second (relayed, not buffered), the final
+/// usage is what the fake charged for the request, and the text is the fake's.
+pub fn assert_streamed_through(stream: &serde_json::Value, upstream: &FakeUpstream) {
+    let spread =
+        stream["last_s"].as_f64().unwrap_or(0.0) - stream["first_s"].as_f64().unwrap_or(0.0);
+    assert!(
+        spread >= 0.5,
+        "the chunks arrived within {spread:.3} s: buffered? {stream}"
+    );
+    let expected = upstream.request_tokens(&serde_json::json!({
+        "model": "gpt-fake",
+        "messages": [{"role": "user", "content": "Stream me a story."}],
+        "max_tokens": 50,
+    }));
+    assert_eq!(stream["usage"], expected, "{stream}");
+    assert!(
+        stream["content"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("tok"),
+        "{stream}"
+    );
+}
