@@ -39,4 +39,4 @@ pub mod server;
 pub use backend::{Backend, BackendHealth};
 pub use config::{Config, ConfigError};
 pub use limiter::{Code, Limiter, Outcome};
-pub use server::{ServeError, ServeOptions, load_config, run, serve};
+pub use server::{ServeError, ServeOptions, Spawned, load_config, run, serve, spawn};

@@ -2,6 +2,7 @@
 //! the given listeners, watch the configuration, stop gracefully.
 
 use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +12,7 @@ use sluice_core::MonotonicClock;
 use sluice_redis::RedisStore;
 use sluice_store::{FallbackConfig, FallbackStore, MemoryStore};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tonic::transport::server::TcpIncoming;
 
 use crate::admin::{self, Series};
@@ -130,6 +131,55 @@ pub async fn serve(
             run(limiter, &options, http, grpc, shutdown).await
         }
     }
+}
+
+/// A server [`spawn`]ed on the current tokio runtime: where it listens, and how to stop it.
+#[derive(Debug)]
+pub struct Spawned {
+    /// The HTTP listener's address.
+    pub http: SocketAddr,
+    /// The gRPC listener's address.
+    pub grpc: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), ServeError>>,
+}
+
+impl Spawned {
+    /// Stops accepting, lets in-flight requests finish, and waits for the server to end.
+    ///
+    /// # Errors
+    ///
+    /// What [`serve`] failed with (e.g. a config that did not load), or a panic of its
+    /// task as [`ServeError::Io`].
+    pub async fn stop(self) -> Result<(), ServeError> {
+        let _ = self.stop.send(());
+        self.task
+            .await
+            .map_err(|e| ServeError::Io(std::io::Error::other(e)))?
+    }
+}
+
+/// [`serve`] on two new loopback listeners (free ports) as a task of the current tokio
+/// runtime: an embedded server, as tests, benchmarks and in-process tools want one.
+///
+/// # Errors
+///
+/// [`ServeError::Io`] when a listener cannot be bound. Errors of the server itself (a
+/// config that does not load) come from [`Spawned::stop`].
+pub async fn spawn(options: ServeOptions) -> Result<Spawned, ServeError> {
+    let http = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+    let grpc = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+    let (http_addr, grpc_addr) = (http.local_addr()?, grpc.local_addr()?);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(serve(options, http, grpc, async {
+        let _ = stopped.await;
+    }));
+    Ok(Spawned {
+        http: http_addr,
+        grpc: grpc_addr,
+        stop,
+        task,
+    })
 }
 
 async fn connect_redis(

@@ -16,11 +16,10 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use sluice_core::Policy;
-use sluice_server::{ServeOptions, serve};
+use sluice_server::ServeOptions;
 use sluice_store::MemoryStore;
 use sluice_tower::remote::{GrpcBackend, HttpBackend, RemoteLimit, RemoteRateLimitLayer};
 use sluice_tower::{LimitSpec, PeerIp, RateLimitLayer};
-use tokio::net::TcpListener;
 use tower::{Layer, Service, ServiceExt};
 
 const CONFIG: &str = "
@@ -47,20 +46,13 @@ fn start_server(rt: &tokio::runtime::Runtime) -> (SocketAddr, SocketAddr) {
         watch: false,
         ..ServeOptions::default()
     };
-    rt.block_on(async {
-        let http = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
-        let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind grpc");
-        let addrs = (
-            http.local_addr().expect("addr"),
-            grpc.local_addr().expect("addr"),
-        );
-        tokio::spawn(async move {
-            serve(options, http, grpc, std::future::pending())
-                .await
-                .expect("the server runs");
-        });
-        addrs
-    })
+    let server = rt
+        .block_on(sluice_server::spawn(options))
+        .expect("the server starts");
+    // Left running until the process ends.
+    let addrs = (server.http, server.grpc);
+    std::mem::forget(server);
+    addrs
 }
 
 fn bench_one<S, B>(c: &mut Criterion, rt: &tokio::runtime::Runtime, name: &str, svc: S)

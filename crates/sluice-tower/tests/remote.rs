@@ -20,7 +20,7 @@ use http_body::Body;
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 use sluice_http::{PROBLEM_TYPE, parse_limit_header};
-use sluice_server::{ServeOptions, serve};
+use sluice_server::{ServeOptions, Spawned};
 use sluice_tower::remote::{
     GrpcBackend, HttpBackend, OnFailure, RemoteBackend, RemoteLimit, RemoteRateLimitLayer,
     RemoteStats,
@@ -30,7 +30,6 @@ use sluice_tower::{
     UNAVAILABLE_PROBLEM_TYPE,
 };
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use tower::{Layer, Service, ServiceExt};
 
 const CONFIG: &str = "
@@ -55,11 +54,8 @@ const PATIENT: Duration = Duration::from_secs(1);
 
 /// `sluice serve` on loopback with [`CONFIG`].
 struct TestServer {
-    http: SocketAddr,
-    grpc: SocketAddr,
+    server: Spawned,
     dir: PathBuf,
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
 }
 
 impl TestServer {
@@ -72,41 +68,29 @@ impl TestServer {
             watch: false,
             ..ServeOptions::default()
         };
-        let http = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
-        let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind grpc");
-        let (http_addr, grpc_addr) = (
-            http.local_addr().expect("addr"),
-            grpc.local_addr().expect("addr"),
-        );
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let shutdown = async {
-                let _ = stopped.await;
-            };
-            serve(options, http, grpc, shutdown)
-                .await
-                .expect("the server runs");
-        });
-        Self {
-            http: http_addr,
-            grpc: grpc_addr,
-            dir,
-            stop,
-            task,
-        }
+        let server = sluice_server::spawn(options)
+            .await
+            .expect("the server starts");
+        Self { server, dir }
     }
 
     /// A layer asking this server over `T`, with no limits yet. Its timeout is generous:
     /// a first call opens the connection, which a loaded test machine may take more than
     /// the default 100 ms to do.
     fn layer<T: Transport>(&self) -> RemoteRateLimitLayer<T> {
-        let backend = T::at(if T::GRPC { self.grpc } else { self.http });
+        let backend = T::at(if T::GRPC {
+            self.server.grpc
+        } else {
+            self.server.http
+        });
         RemoteRateLimitLayer::new(backend, "api").timeout(PATIENT)
     }
 
     async fn stop(self) {
-        let _ = self.stop.send(());
-        self.task.await.expect("the server stopped cleanly");
+        self.server
+            .stop()
+            .await
+            .expect("the server stopped cleanly");
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

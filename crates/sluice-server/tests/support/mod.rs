@@ -18,9 +18,7 @@ use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
-use sluice_server::{ServeOptions, serve};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use sluice_server::{ServeOptions, Spawned};
 use tonic::transport::Channel;
 
 /// The admin token every test server is started with.
@@ -161,8 +159,7 @@ pub struct TestServer {
     pub grpc_addr: SocketAddr,
     pub config_file: PathBuf,
     dir: PathBuf,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
+    server: Option<Spawned>,
 }
 
 impl Deref for TestServer {
@@ -221,28 +218,15 @@ impl TestServer {
     }
 
     async fn start_options(options: ServeOptions, dir: PathBuf, config_file: PathBuf) -> Self {
-        let http = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
-        let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind grpc");
-        let (http_addr, grpc_addr) = (
-            http.local_addr().expect("addr"),
-            grpc.local_addr().expect("addr"),
-        );
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let shutdown = async {
-                let _ = stopped.await;
-            };
-            serve(options, http, grpc, shutdown)
-                .await
-                .expect("the server runs");
-        });
+        let server = sluice_server::spawn(options)
+            .await
+            .expect("the server starts");
         Self {
-            client: Client::new(http_addr),
-            grpc_addr,
+            client: Client::new(server.http),
+            grpc_addr: server.grpc,
             config_file,
             dir,
-            stop: Some(stop),
-            task,
+            server: Some(server),
         }
     }
 
@@ -291,10 +275,9 @@ impl TestServer {
 
     /// Shuts the server down gracefully and waits for it.
     pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+        if let Some(server) = self.server.take() {
+            server.stop().await.expect("the server stopped cleanly");
         }
-        (&mut self.task).await.expect("the server stopped cleanly");
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
