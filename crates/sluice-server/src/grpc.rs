@@ -17,7 +17,9 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
 };
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use envoy_types::pb::google::protobuf::Duration as PbDuration;
-use sluice_http::{LimitItem, PolicyItem, encode_limit_header, encode_policy_header};
+use sluice_http::{
+    LimitItem, PolicyItem, encode_limit_header, encode_policy_header, encode_retry_after,
+};
 use tonic::{Request, Response, Status as GrpcStatus};
 
 use crate::backend::Backend;
@@ -152,10 +154,17 @@ fn saturate(n: u64) -> u32 {
 }
 
 /// `RateLimit-Policy` and `RateLimit` for every descriptor a limit decided, named after the
-/// rule (its `name`, else its id).
+/// rule (its `name`, else its id), and on a refusal `Retry-After`: the longest wait of the
+/// refused descriptors in whole seconds, rounded up (the protocol itself carries only each
+/// descriptor's reset, which can be much later than the next free unit).
 fn ratelimit_headers(statuses: &[Status]) -> Vec<HeaderValue> {
     let mut policies = Vec::new();
     let mut limits = Vec::new();
+    let retry_after = statuses
+        .iter()
+        .filter(|status| status.code == Code::OverLimit)
+        .filter_map(|status| status.decision?.retry_after)
+        .max();
     for status in statuses {
         let (Some(rule), Some(decision)) = (status.rule.as_deref(), status.decision) else {
             continue;
@@ -181,6 +190,13 @@ fn ratelimit_headers(statuses: &[Status]) -> Vec<HeaderValue> {
             Ok(_) => {}
             Err(err) => tracing::debug!(error = %err, "no {key} header"),
         }
+    }
+    if let Some(wait) = retry_after {
+        headers.push(HeaderValue {
+            key: "Retry-After".to_owned(),
+            value: encode_retry_after(wait),
+            ..HeaderValue::default()
+        });
     }
     headers
 }

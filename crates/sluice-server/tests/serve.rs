@@ -549,6 +549,42 @@ async fn ratelimit_headers_are_offered_to_envoy_when_enabled() {
     );
     assert_eq!(headers[1].0, "RateLimit");
     assert_eq!((limit[0].remaining, limit[0].reset_secs), (4, 720));
+    assert_eq!(
+        headers.len(),
+        2,
+        "no Retry-After while within the limit: {headers:?}"
+    );
+
+    // Over the limit (5 an hour, GCRA): the wait for the next unit is 720 s, while the
+    // descriptor's reset (all five back) is 3600 s. Retry-After says the wait.
+    let mut over = None;
+    for _ in 0..5 {
+        over = Some(
+            client
+                .should_rate_limit(rls_request("api", &[&[("user", "jay")]], 1))
+                .await
+                .expect("answered")
+                .into_inner(),
+        );
+    }
+    let over = over.expect("five answers");
+    assert_eq!(over.overall_code, Code::OverLimit as i32);
+    let reset = over.statuses[0]
+        .duration_until_reset
+        .as_ref()
+        .map(|d| d.seconds);
+    // (The server's clock is real: a few milliseconds have passed since the first unit.)
+    assert!(
+        reset.is_some_and(|secs| (3590..=3600).contains(&secs)),
+        "{reset:?}"
+    );
+    let retry_after: Vec<&str> = over
+        .response_headers_to_add
+        .iter()
+        .filter(|h| h.key == "Retry-After")
+        .map(|h| h.value.as_str())
+        .collect();
+    assert_eq!(retry_after, ["720"]);
     server.stop().await;
 }
 

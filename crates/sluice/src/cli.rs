@@ -119,7 +119,8 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "PATH", conflicts_with = "config")]
     pub(crate) check_config: Option<PathBuf>,
 
-    /// Ask Envoy to add the IETF `RateLimit-Policy` and `RateLimit` headers to responses.
+    /// Ask Envoy to add the IETF `RateLimit-Policy` and `RateLimit` headers to responses,
+    /// and `Retry-After` (the wait for the next unit) to refusals.
     #[arg(long)]
     pub(crate) ratelimit_headers: bool,
 

@@ -131,6 +131,8 @@ fn envoy_enforces_sluice_decisions_and_forwards_its_headers() {
     let (remaining, reset) = ratelimit_item(&over, "per-user", &ctx);
     assert_eq!(remaining, 0, "{ctx}");
     assert_reset_near(reset, LIMIT * EMISSION, &ctx);
+    // sluice's Retry-After: the wait for the next unit (one emission), not the full reset.
+    assert_reset_near(header_u32(&over, "retry-after", &ctx), EMISSION, &ctx);
     assert_eq!(
         over.header("x-ratelimit-limit"),
         Some(draft_limit.as_str()),

@@ -11,6 +11,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::R
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use envoy_types::pb::google::protobuf::UInt64Value;
 use sluice_core::Key;
+use sluice_http::RetryAfter;
 use tonic::transport::{Channel, Endpoint};
 
 use super::EndpointError;
@@ -117,11 +118,19 @@ fn failure(code: tonic::Code) -> Failure {
 }
 
 fn answer(response: RateLimitResponse) -> Result<Answer, Failure> {
-    let statuses = response
+    let mut statuses = response
         .statuses
         .iter()
         .map(status)
         .collect::<Result<Vec<_>, _>>()?;
+    // The protocol's only wait is each descriptor's reset, which for GCRA is when every
+    // unit is back, not the next one. `sluice serve --ratelimit-headers` adds the real wait
+    // as a `Retry-After` header for Envoy to pass on: take it when it is there.
+    if let Some(wait) = retry_after_header(&response) {
+        for status in statuses.iter_mut().filter(|s| s.over_limit) {
+            status.retry_after = Some(status.reset_after.min(wait));
+        }
+    }
     Ok(Answer {
         over_limit: over_limit(response.overall_code)?,
         statuses,
@@ -152,6 +161,19 @@ fn status(status: &DescriptorStatus) -> Result<Status, Failure> {
     })
 }
 
+/// The `Retry-After` (delay seconds) among the headers the server asks to add, if any.
+fn retry_after_header(response: &RateLimitResponse) -> Option<Duration> {
+    let header = response
+        .response_headers_to_add
+        .iter()
+        .find(|h| h.key.eq_ignore_ascii_case("retry-after"))?;
+    match RetryAfter::parse(&header.value).ok()? {
+        RetryAfter::Delay(wait) => Some(wait),
+        // A date needs a clock to read; the descriptor's reset stands instead.
+        RetryAfter::At { .. } => None,
+    }
+}
+
 fn unit_name(unit: Unit) -> Option<&'static str> {
     Some(match unit {
         Unit::Second => "second",
@@ -177,6 +199,7 @@ fn over_limit(code: i32) -> Result<bool, Failure> {
 
 #[cfg(test)]
 mod tests {
+    use envoy_types::pb::envoy::config::core::v3::HeaderValue;
     use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::RateLimit;
     use envoy_types::pb::google::protobuf::Duration as PbDuration;
 
@@ -257,6 +280,49 @@ mod tests {
             }
         );
         assert_eq!(answer.statuses[1].quota, None);
+    }
+
+    #[test]
+    fn a_retry_after_header_is_the_wait_of_refusals() {
+        let refused = |seconds| DescriptorStatus {
+            code: Code::OverLimit as i32,
+            duration_until_reset: Some(PbDuration { seconds, nanos: 0 }),
+            ..DescriptorStatus::default()
+        };
+        let header = |value: &str| HeaderValue {
+            key: "Retry-After".to_owned(),
+            value: value.to_owned(),
+            ..HeaderValue::default()
+        };
+        let response = |headers| RateLimitResponse {
+            overall_code: Code::OverLimit as i32,
+            statuses: vec![
+                refused(60),
+                refused(5),
+                DescriptorStatus {
+                    code: Code::Ok as i32,
+                    ..DescriptorStatus::default()
+                },
+            ],
+            response_headers_to_add: headers,
+            ..RateLimitResponse::default()
+        };
+        let waits = |answer: Answer| -> Vec<Option<u64>> {
+            answer
+                .statuses
+                .iter()
+                .map(|s| s.retry_after.map(|d| d.as_secs()))
+                .collect()
+        };
+        // The header's wait, never past a descriptor's own reset.
+        let with = answer(response(vec![header("20")])).expect("a decision");
+        assert_eq!(waits(with), [Some(20), Some(5), None]);
+        // Without it (or with a date), each refusal waits for its reset.
+        let without = answer(response(Vec::new())).expect("a decision");
+        assert_eq!(waits(without), [Some(60), Some(5), None]);
+        let dated =
+            answer(response(vec![header("Sun, 06 Nov 1994 08:49:37 GMT")])).expect("a decision");
+        assert_eq!(waits(dated), [Some(60), Some(5), None]);
     }
 
     #[test]
