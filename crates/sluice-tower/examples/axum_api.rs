@@ -43,7 +43,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .limit(LimitSpec::new(
             "per-route",
             Policy::parse("gcra", "100/min")?,
-            MethodAndPath,
+            MethodAndPath::new(),
         ))?;
 
     // A layer on a route (not on the whole router) sees the matched route, so

@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use http::{HeaderName, Request};
 use sluice_core::{Key, KeyError};
 
-use crate::cache::IpKeys;
+use crate::cache::{IpKeys, RouteKeys};
 use crate::proxy::{TrustedProxies, parse_forwarded_for, parse_xff_hop};
 
 /// Why no key could be taken from a request.
@@ -285,25 +285,45 @@ impl<B> KeyExtractor<B> for Constant {
 /// axum's `MatchedPath` when present (feature `axum`), else the URI path (without the
 /// query). Without a router that records the matched route, every distinct path is its
 /// own key.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct MethodAndPath;
+///
+/// Each `MethodAndPath` keeps the keys of its recent routes (64 of them at most; a path
+/// longer than 256 bytes is never kept), so a busy route's key is not built again; a
+/// clone starts with an empty cache.
+///
+/// ```
+/// use sluice_tower::MethodAndPath;
+///
+/// let per_route = MethodAndPath::new();
+/// # let _ = per_route;
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct MethodAndPath {
+    keys: RouteKeys,
+}
+
+impl MethodAndPath {
+    /// Method and route, with an empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
 
 impl<B> KeyExtractor<B> for MethodAndPath {
     fn extract(&self, domain: &str, req: &Request<B>) -> Result<Key, KeyRejection> {
+        let method = req.method();
         #[cfg(feature = "axum")]
         if let Some(path) = req.extensions().get::<axum::extract::MatchedPath>() {
-            return Ok(Key::new(
-                domain,
-                [("method", req.method().as_str()), ("route", path.as_str())],
-            )?);
+            return Ok(self.keys.get(domain, method, "route", path.as_str(), || {
+                Key::new(
+                    domain,
+                    [("method", method.as_str()), ("route", path.as_str())],
+                )
+            })?);
         }
-        Ok(Key::new(
-            domain,
-            [
-                ("method", req.method().as_str()),
-                ("path", req.uri().path()),
-            ],
-        )?)
+        let path = req.uri().path();
+        Ok(self.keys.get(domain, method, "path", path, || {
+            Key::new(domain, [("method", method.as_str()), ("path", path)])
+        })?)
     }
 }
 

@@ -36,7 +36,7 @@ async fn route_layers_see_connect_info_and_the_matched_route() {
             l.limit(LimitSpec::new(
                 "per-route",
                 Policy::parse("gcra", "3/min").expect("valid"),
-                MethodAndPath,
+                MethodAndPath::new(),
             ))
         })
         .expect("valid");

@@ -558,7 +558,13 @@ async fn every_emitted_header_parses_back_to_the_same_values() {
                     .map(str::to_owned)
             }),
         ))
-        .and_then(|l| l.limit(LimitSpec::new("per-route", route_policy, MethodAndPath)))
+        .and_then(|l| {
+            l.limit(LimitSpec::new(
+                "per-route",
+                route_policy,
+                MethodAndPath::new(),
+            ))
+        })
         .expect("valid")
         .header_style(HeaderStyle::Both)
         .layer(ok_service());

@@ -53,6 +53,6 @@ proptest! {
             let _ = KeyExtractor::<()>::extract(&extractor, "per-ip", &req);
         }
         let _ = KeyExtractor::<()>::extract(&Header(HeaderName::from_static("x-api-key")), "k", &req);
-        let _ = KeyExtractor::<()>::extract(&MethodAndPath, "r", &req);
+        let _ = KeyExtractor::<()>::extract(&MethodAndPath::new(), "r", &req);
     }
 }
