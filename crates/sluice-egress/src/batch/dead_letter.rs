@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::BatchError;
+use super::ids::IdKey;
 use super::input::Invalid;
 
 /// What kind of entry.
@@ -51,6 +52,7 @@ pub(crate) struct DeadLetter {
     path: PathBuf,
     file: File,
     invalid: BTreeMap<u64, Entry>,
+    /// By id, as text: it holds only the failed items, and their entries are written out.
     failed: HashMap<String, Entry>,
     /// Entries left since the file was last written whole.
     dirty: bool,
@@ -59,7 +61,7 @@ pub(crate) struct DeadLetter {
 impl DeadLetter {
     /// Loads the dead letter at `path` (a fresh one when missing), dropping failed items
     /// that are `done`.
-    pub(crate) fn load(path: &Path, done: &HashSet<String>) -> Result<Self, BatchError> {
+    pub(crate) fn load(path: &Path, done: &HashSet<IdKey>) -> Result<Self, BatchError> {
         let mut invalid = BTreeMap::new();
         let mut failed = HashMap::new();
         let mut dirty = false;
@@ -110,7 +112,7 @@ impl DeadLetter {
             Err(e) => return Err(BatchError::io("cannot read the dead letter", path, e)),
         }
         let before = failed.len();
-        failed.retain(|id, _| !done.contains(id));
+        failed.retain(|id: &String, _| !done.contains(&IdKey::of(id)));
         dirty |= failed.len() != before;
         let file = open_append(path)?;
         let mut dead = Self {

@@ -1,6 +1,7 @@
 //! The input file: a pass to count and hash it, then a streaming reader of its lines.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::BatchError;
+use super::ids::IdKey;
 use crate::Priority;
 use crate::layer::parse_priority;
 
@@ -112,7 +114,8 @@ pub(crate) struct Reader {
     path: PathBuf,
     line: u64,
     max_line: usize,
-    seen: HashMap<String, u64>,
+    /// The first line of each id seen, by the id's key.
+    seen: HashMap<IdKey, u64>,
     buf: Vec<u8>,
 }
 
@@ -219,13 +222,17 @@ impl Reader {
                 ));
             }
         };
-        if let Some(first) = self.seen.get(&id) {
-            return Err(invalid(
-                Some(&id),
-                format!("duplicate id (first on line {first})"),
-            ));
+        match self.seen.entry(IdKey::of(&id)) {
+            Entry::Occupied(first) => {
+                return Err(invalid(
+                    Some(&id),
+                    format!("duplicate id (first on line {})", first.get()),
+                ));
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(line);
+            }
         }
-        self.seen.insert(id.clone(), line);
         let id = id.as_str();
         let fail = |reason: String| invalid(Some(id), reason);
 

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::BatchError;
+use super::ids::IdKey;
 
 /// One journal line.
 #[derive(Serialize, Deserialize)]
@@ -51,7 +52,7 @@ impl Journal {
                     let Ok(started) = serde_json::from_slice::<Started<'_>>(&buf[..n - 1]) else {
                         continue;
                     };
-                    if !finished(&started.id) && seen.insert(started.id.to_string()) {
+                    if !finished(&started.id) && seen.insert(IdKey::of(&started.id)) {
                         open.push(started.id.to_string());
                         lines.extend_from_slice(&buf[..n]);
                     }

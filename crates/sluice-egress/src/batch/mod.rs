@@ -33,7 +33,8 @@
 //!
 //! Items are read as they are needed: at most [`BatchConfig::window`] bodies are in memory
 //! at once. The ids seen so far are kept (to refuse repeated ones), and so are the ids
-//! already done.
+//! already done, each as a 16-byte fingerprint (the first 128 bits of its SHA-256) rather
+//! than its text, so memory per id is bounded whatever the ids' length.
 //!
 //! # Files
 //!
@@ -92,6 +93,7 @@
 //! [`BatchSummary::interrupted`] set.
 
 mod dead_letter;
+mod ids;
 mod input;
 mod item;
 mod journal;
@@ -123,6 +125,7 @@ pub use self::progress::{BatchProgress, BatchSummary, NoProgress, ProgressSink};
 pub use self::transport::HttpTransport;
 
 use self::dead_letter::DeadLetter;
+use self::ids::IdKey;
 use self::input::{Line, Reader};
 use self::item::{Ctx, Outcome};
 use self::journal::Journal;
@@ -423,7 +426,7 @@ pub async fn run(
     let (mut output, done) = Output::recover(&config.output)?;
     let mut dead = DeadLetter::load(&config.state_dir.join(DEAD_LETTER_FILE), &done)?;
     let (mut journal, in_flight) = Journal::open(&config.state_dir.join(JOURNAL_FILE), |id| {
-        done.contains(id) || dead.is_failed(id)
+        done.contains(&IdKey::of(id)) || dead.is_failed(id)
     })?;
     let mut egress_config = config.egress.clone();
     egress_config.state_file = Some(config.state_dir.join(QUOTA_FILE));
@@ -516,7 +519,7 @@ struct Running<'a> {
     output: &'a mut Output,
     journal: &'a mut Journal,
     dead: &'a mut DeadLetter,
-    done: HashSet<String>,
+    done: HashSet<IdKey>,
     tasks: JoinSet<Outcome>,
     ctx: Arc<Ctx>,
     tracker: &'a mut Tracker,
@@ -621,7 +624,7 @@ impl Running<'_> {
                 }
                 Line::Item(item) => {
                     self.dead.resolve_line(item.line)?;
-                    if self.done.contains(&item.id) {
+                    if self.done.contains(&IdKey::of(&item.id)) {
                         self.tracker.skipped_done += 1;
                         continue;
                     }
@@ -647,7 +650,7 @@ impl Running<'_> {
                     BatchError::io("cannot write the results file", &self.config.output, e)
                 })?;
                 self.dead.resolve_failed(&id)?;
-                self.done.insert(id);
+                self.done.insert(IdKey::of(&id));
                 self.tracker.succeeded += 1;
                 self.unsynced += 1;
                 if self.unsynced >= self.config.sync_lines {

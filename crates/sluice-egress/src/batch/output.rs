@@ -9,6 +9,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::BatchError;
+use super::ids::IdKey;
 
 /// The results file, open for appending.
 #[derive(Debug)]
@@ -18,14 +19,15 @@ pub(crate) struct Output {
 
 /// The part of a result line recovery reads.
 #[derive(Deserialize)]
-struct Done {
-    id: String,
+struct Done<'a> {
+    #[serde(borrow)]
+    id: std::borrow::Cow<'a, str>,
 }
 
 impl Output {
-    /// Opens (or creates) the results file, cuts off a torn last line, and returns the ids
-    /// it holds.
-    pub(crate) fn recover(path: &Path) -> Result<(Self, HashSet<String>), BatchError> {
+    /// Opens (or creates) the results file, cuts off a torn last line, and returns the keys
+    /// of the ids it holds.
+    pub(crate) fn recover(path: &Path) -> Result<(Self, HashSet<IdKey>), BatchError> {
         let error = |e| BatchError::io("cannot read the results file", path, e);
         let file = OpenOptions::new()
             .read(true)
@@ -66,9 +68,9 @@ impl Output {
     }
 }
 
-/// The ids of the complete lines of `file`, and the length of those lines (the offset just
-/// after the last newline).
-fn read_ids(file: &File, path: &Path) -> Result<(HashSet<String>, u64), BatchError> {
+/// The keys of the ids of the complete lines of `file`, and the length of those lines (the
+/// offset just after the last newline).
+fn read_ids(file: &File, path: &Path) -> Result<(HashSet<IdKey>, u64), BatchError> {
     let error = |e| BatchError::io("cannot read the results file", path, e);
     let mut reader = BufReader::new(file);
     reader.seek(SeekFrom::Start(0)).map_err(error)?;
@@ -89,13 +91,13 @@ fn read_ids(file: &File, path: &Path) -> Result<(HashSet<String>, u64), BatchErr
         if text.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let line: Done = serde_json::from_slice(text).map_err(|e| BatchError::Corrupt {
+        let line: Done<'_> = serde_json::from_slice(text).map_err(|e| BatchError::Corrupt {
             path: path.to_owned(),
             line: number,
             reason: format!(
                 "is not a result line with an \"id\" ({e}); was the file written by something else?"
             ),
         })?;
-        done.insert(line.id);
+        done.insert(IdKey::of(&line.id));
     }
 }
