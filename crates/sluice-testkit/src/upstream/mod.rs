@@ -481,15 +481,7 @@ impl FakeUpstream {
         B: Body<Data = Bytes>,
         B::Error: Into<BoxError>,
     {
-        let (parts, body) = request.into_parts();
-        let bytes = body
-            .collect()
-            .await
-            .map_err(|err| FakeUpstreamError::Body(err.into()))?
-            .to_bytes();
-        let now = self.inner.clock.now();
-        let action = self.inner.lock().answer_request(&parts, &bytes, now);
-        match action {
+        match self.decide(request).await? {
             Action::Answer(response) => Ok(response),
             Action::Delay(latency, response) => {
                 tokio::time::sleep(latency).await;
@@ -507,6 +499,23 @@ impl FakeUpstream {
             }
             Action::Reset => Err(FakeUpstreamError::ConnectionReset),
         }
+    }
+
+    /// Reads `request`'s body whole and decides its answer at the clock's current instant
+    /// (the part [`handle`](Self::handle) and `respond` share).
+    async fn decide<B>(&self, request: Request<B>) -> Result<Action, FakeUpstreamError>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
+        let (parts, body) = request.into_parts();
+        let bytes = body
+            .collect()
+            .await
+            .map_err(|err| FakeUpstreamError::Body(err.into()))?
+            .to_bytes();
+        let now = self.inner.clock.now();
+        Ok(self.inner.lock().answer_request(&parts, &bytes, now))
     }
 }
 

@@ -43,7 +43,6 @@ use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tokio::time::Sleep;
 
@@ -384,15 +383,7 @@ impl FakeUpstream {
         B: Body<Data = Bytes>,
         B::Error: Into<BoxError>,
     {
-        let (parts, body) = request.into_parts();
-        let bytes = body
-            .collect()
-            .await
-            .map_err(|err| FakeUpstreamError::Body(err.into()))?
-            .to_bytes();
-        let now = self.inner.clock.now();
-        let action = self.inner.lock().answer_request(&parts, &bytes, now);
-        match action {
+        match self.decide(request).await? {
             Action::Answer(response) => Ok(response.map(FakeBody::full)),
             Action::Delay(latency, response) => {
                 tokio::time::sleep(latency).await;
@@ -426,6 +417,7 @@ mod tests {
     use std::sync::Arc;
 
     use http::Method;
+    use http_body_util::BodyExt;
 
     use super::*;
     use crate::upstream::{FakeUpstreamConfig, chat_body, json_request};
