@@ -1062,9 +1062,13 @@ async fn streams_hold_their_concurrency_slot_until_they_end() {
     proxy.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_leaves_mid_stream_gives_its_slot_back() {
-    // A stream of 300 events 100 ms apart: half a minute, if it were read to its end.
+/// A fake whose streams are 300 events 100 ms apart (half a minute, if read to the end),
+/// behind a proxy allowed one call at a time.
+async fn long_streams_through_one_slot() -> (
+    FakeUpstream,
+    FakeServer,
+    Proxy<sluice_store::MemoryStore<TokioClock>>,
+) {
     let (upstream, server) = fake(FakeUpstreamConfig {
         stream: StreamConfig {
             chunks: 300,
@@ -1075,6 +1079,12 @@ async fn a_client_that_leaves_mid_stream_gives_its_slot_back() {
     .await;
     let egress = Egress::new(at_most(1)).expect("a valid config");
     let proxy = Proxy::start(ProxyConfig::new(&server.url()).expect("valid"), egress).await;
+    (upstream, server, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_mid_stream_gives_its_slot_back() {
+    let (upstream, _server, proxy) = long_streams_through_one_slot().await;
     let url = proxy.url("/v1/chat/completions");
 
     let leaving = http_client();
@@ -1122,16 +1132,7 @@ async fn a_client_that_leaves_mid_stream_gives_its_slot_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_the_upstream_breaks_off_gives_its_slot_back() {
-    let (_upstream, server) = fake(FakeUpstreamConfig {
-        stream: StreamConfig {
-            chunks: 300,
-            interval: Duration::from_millis(100),
-        },
-        ..FakeUpstreamConfig::default()
-    })
-    .await;
-    let egress = Egress::new(at_most(1)).expect("a valid config");
-    let proxy = Proxy::start(ProxyConfig::new(&server.url()).expect("valid"), egress).await;
+    let (_upstream, server, proxy) = long_streams_through_one_slot().await;
     let client = http_client();
     let response = client
         .request(post(
