@@ -20,8 +20,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sluice_testkit::upstream::{FakeUpstreamConfig, StreamConfig};
-use support::proxy::{ProxyProcess, assert_streamed_through, drain, fake};
+use support::proxy::{ProxyProcess, SDK_STREAM_CHUNKS, assert_streamed_through, sdk_upstream};
 use support::temp_dir;
 
 /// Where the SDK script and its `package.json` live.
@@ -40,10 +39,6 @@ const LEFT: u64 = 50;
 /// The burst: three times what the fake has left, from 50 concurrent callers.
 const REQUESTS: u64 = 150;
 const CONCURRENCY: u64 = 50;
-
-/// The fake's streamed answers: this many content chunks, this far apart.
-const STREAM_CHUNKS: u64 = 6;
-const STREAM_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The API key the script sends; it must never reach the proxy's log.
 const API_KEY: &str = "sk-test-not-a-real-key";
@@ -159,21 +154,8 @@ async fn the_openai_js_sdk_completes_a_burst_above_the_quota_without_a_429() {
     let Some(node) = Node::find() else {
         return;
     };
-    let (upstream, server) = fake(FakeUpstreamConfig {
-        rpm: RPM,
-        tpm: 0,
-        // Like many APIs, it says nothing of its quota until it answers 429: the proxy
-        // knows it from --rpm.
-        quota_headers: false,
-        stream: StreamConfig {
-            chunks: STREAM_CHUNKS,
-            interval: STREAM_INTERVAL,
-        },
-        ..FakeUpstreamConfig::default()
-    })
-    .await;
     // 50 requests left and 50 more a second: the SDK's burst of 150 is three times that.
-    drain(&upstream, RPM, LEFT).await;
+    let (upstream, server) = sdk_upstream(RPM, LEFT).await;
     let url = server.url();
     let dir = temp_dir("proxy-openai-js");
     let installed = node.installed.clone();
@@ -224,8 +206,8 @@ async fn the_openai_js_sdk_completes_a_burst_above_the_quota_without_a_429() {
 
     let stream = &summary["stream"];
     // Every event, one by one: the content chunks (the first with the role), the finish and
-    // the usage chunk, the fake sending one each STREAM_INTERVAL (0.7 s in all).
-    assert_eq!(stream["chunks"], STREAM_CHUNKS + 2, "{stream}");
+    // the usage chunk, the fake sending one each 100 ms (0.7 s in all).
+    assert_eq!(stream["chunks"], SDK_STREAM_CHUNKS + 2, "{stream}");
     assert_streamed_through(stream, &upstream);
     assert_eq!(summary["openai_version"], installed.as_str(), "{summary}");
 }

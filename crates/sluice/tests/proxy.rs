@@ -14,11 +14,12 @@
 mod support;
 
 use std::process::Command;
-use std::time::Duration;
 
 use serde_json::Value;
-use sluice_testkit::upstream::{FakeUpstreamConfig, StreamConfig, chat_body};
-use support::proxy::{ProxyProcess, assert_streamed_through, blocking, drain, fake, free_addr};
+use sluice_testkit::upstream::{FakeUpstreamConfig, chat_body};
+use support::proxy::{
+    ProxyProcess, assert_streamed_through, blocking, fake, free_addr, sdk_upstream,
+};
 use support::{http_request, temp_dir};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,21 +170,8 @@ async fn the_openai_sdk_completes_a_burst_above_the_quota_without_a_429() {
     let Some(python) = openai_python() else {
         return;
     };
-    let (upstream, server) = fake(FakeUpstreamConfig {
-        rpm: RPM,
-        tpm: 0,
-        // Like many APIs, it says nothing of its quota until it answers 429: the proxy
-        // knows it from --rpm.
-        quota_headers: false,
-        stream: StreamConfig {
-            chunks: 6,
-            interval: Duration::from_millis(100),
-        },
-        ..FakeUpstreamConfig::default()
-    })
-    .await;
     // 50 requests left and 50 more a second: the SDK's burst of 150 is three times that.
-    drain(&upstream, RPM, 50).await;
+    let (upstream, server) = sdk_upstream(RPM, 50).await;
     let url = server.url();
     let dir = temp_dir("proxy-openai");
     let (output, log) = blocking(move || {

@@ -7,7 +7,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice_testkit::upstream::{FakeServer, FakeUpstream, FakeUpstreamConfig, chat_request};
+use sluice_testkit::upstream::{
+    FakeServer, FakeUpstream, FakeUpstreamConfig, StreamConfig, chat_request,
+};
 
 use super::{STARTUP, http_request};
 
@@ -105,6 +107,29 @@ pub async fn fake(config: FakeUpstreamConfig) -> (FakeUpstream, FakeServer) {
     let server = upstream.serve().await.expect("the fake upstream serves");
     (upstream, server)
 }
+
+/// The fake the SDK tests (Python and JS) send their burst to: `rpm` requests a minute,
+/// silent about its quota until it answers 429 (as many APIs are: the proxy knows it from
+/// `--rpm`), with `left` requests left in its bucket, and streams of
+/// [`SDK_STREAM_CHUNKS`] content events 100 ms apart.
+pub async fn sdk_upstream(rpm: u64, left: u64) -> (FakeUpstream, FakeServer) {
+    let (upstream, server) = fake(FakeUpstreamConfig {
+        rpm,
+        tpm: 0,
+        quota_headers: false,
+        stream: StreamConfig {
+            chunks: SDK_STREAM_CHUNKS,
+            interval: Duration::from_millis(100),
+        },
+        ..FakeUpstreamConfig::default()
+    })
+    .await;
+    drain(&upstream, rpm, left).await;
+    (upstream, server)
+}
+
+/// Content events in each of [`sdk_upstream`]'s streams.
+pub const SDK_STREAM_CHUNKS: u64 = 6;
 
 /// Uses up the fake's requests bucket (in process) until `left` remain.
 pub async fn drain(upstream: &FakeUpstream, rpm: u64, left: u64) {
