@@ -14,6 +14,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::cli::{BatchArgs, DEFAULT_PAUSE_THRESHOLD};
 use crate::process::stop_signal;
+use crate::values::Concurrency;
 
 /// Exit code of a run that finished with items in the dead letter.
 const EXIT_FAILED_ITEMS: u8 = 3;
@@ -21,50 +22,6 @@ const EXIT_FAILED_ITEMS: u8 = 3;
 const EXIT_INTERRUPTED: u8 = 130;
 /// How often the plain progress log prints a line.
 const LOG_EVERY: Duration = Duration::from_secs(5);
-
-/// `--concurrency`: the adaptive limit, or a fixed one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Concurrency {
-    /// Adaptive, between 1 and 100.
-    Auto,
-    /// Exactly this many in flight at most.
-    Fixed(u32),
-}
-
-/// Parses `--concurrency`.
-pub(crate) fn parse_concurrency(text: &str) -> Result<Concurrency, String> {
-    let text = text.trim();
-    if text.eq_ignore_ascii_case("auto") {
-        return Ok(Concurrency::Auto);
-    }
-    match text.parse::<u32>() {
-        Ok(n) if n >= 1 => Ok(Concurrency::Fixed(n)),
-        _ => Err(format!("expected auto or a number ≥ 1, got '{text}'")),
-    }
-}
-
-/// Parses `--upstream` and `--proxy`: an http:// (or, with the `tls` feature, https://) URL
-/// with a host and no query.
-pub(crate) fn parse_base_url(text: &str) -> Result<String, String> {
-    let text = text.trim();
-    let bad = |why: &str| Err(format!("{why}, got '{text}'"));
-    let Ok(uri) = text.parse::<http::Uri>() else {
-        return bad("expected a URL such as https://api.openai.com");
-    };
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") if cfg!(feature = "tls") => {}
-        Some("https") => return bad("https needs a build with the `tls` feature"),
-        _ => return bad("expected an http:// or https:// URL"),
-    }
-    if uri.host().is_none_or(str::is_empty) {
-        return bad("expected a URL with a host");
-    }
-    if uri.query().is_some() {
-        return bad("expected a URL without a query");
-    }
-    Ok(text.to_owned())
-}
 
 /// Runs the batch; returns the exit code (0 all done, 3 with failures, 130 interrupted).
 pub(crate) fn run(args: &BatchArgs) -> anyhow::Result<ExitCode> {
@@ -289,42 +246,5 @@ impl io::Write for BarWriter {
 
     fn flush(&mut self) -> io::Result<()> {
         io::stderr().flush()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn concurrency_is_auto_or_a_positive_number() {
-        assert_eq!(parse_concurrency("auto"), Ok(Concurrency::Auto));
-        assert_eq!(parse_concurrency("AUTO"), Ok(Concurrency::Auto));
-        assert_eq!(parse_concurrency("8"), Ok(Concurrency::Fixed(8)));
-        assert_eq!(
-            parse_concurrency("x"),
-            Err("expected auto or a number ≥ 1, got 'x'".to_owned())
-        );
-        assert!(parse_concurrency("0").is_err());
-        assert!(parse_concurrency("-3").is_err());
-    }
-
-    #[test]
-    fn base_urls_are_http_or_https_with_a_host() {
-        assert_eq!(
-            parse_base_url("http://127.0.0.1:8090"),
-            Ok("http://127.0.0.1:8090".to_owned())
-        );
-        assert!(parse_base_url("https://api.openai.com/v1").is_ok());
-        assert_eq!(
-            parse_base_url("ftp://x"),
-            Err("expected an http:// or https:// URL, got 'ftp://x'".to_owned())
-        );
-        assert!(parse_base_url("api.openai.com").is_err());
-        assert!(
-            parse_base_url("http://x/?a=1")
-                .unwrap_err()
-                .contains("query")
-        );
     }
 }

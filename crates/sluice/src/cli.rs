@@ -2,7 +2,8 @@
 //!
 //! Values are parsed by the core's own `FromStr` impls ([`Rate`], [`AlgorithmKind`]), so
 //! the CLI accepts exactly what configuration files will, and clap turns their errors into
-//! `error: invalid value '10/x' for '--policy <RATE>': ...` with exit code 2.
+//! `error: invalid value '10/x' for '--policy <RATE>': ...` with exit code 2. The other
+//! values are parsed by [`crate::values`], which config files share.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,7 +14,11 @@ use clap::error::ErrorKind;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use sluice_core::{AlgorithmKind, Policy, Rate};
 
-use crate::admin::{Entry, LimitSpec, ServerUrl, Token};
+use crate::values::{
+    AlertLevels, Concurrency, Entry, LOG_FORMATS, LimitSpec, ServerUrl, Token, at_least_one,
+    parse_alert_levels, parse_base_url, parse_bool, parse_concurrency, parse_count, parse_duration,
+    parse_percent, parse_reason, parse_size, parse_timeout, parse_ttl,
+};
 
 /// Keep traffic inside its limits: rate limits and quotas for your API and for the APIs you
 /// call.
@@ -397,50 +402,6 @@ pub(crate) fn usage_error(path: &[&str], message: String) -> clap::Error {
     scoped(&mut cli, path, message)
 }
 
-/// A count that must be at least one.
-pub(crate) fn at_least_one(text: &str) -> Result<u64, String> {
-    match text.trim().parse::<u64>() {
-        Ok(0) => Err("must be at least 1".to_owned()),
-        Ok(n) => Ok(n),
-        Err(err) => Err(format!("not a whole number: {err}")),
-    }
-}
-
-/// Longest override time-to-live the admin API takes: ten years.
-const MAX_TTL_S: u64 = 10 * 365 * 24 * 3600;
-
-/// Longest override reason the admin API keeps, in bytes.
-const MAX_REASON: usize = 512;
-
-/// An override's time-to-live in whole seconds, at least one, in the core's duration
-/// grammar.
-fn parse_ttl(text: &str) -> Result<u64, String> {
-    let ttl = parse_duration(text)?;
-    if ttl < Duration::from_secs(1) {
-        return Err("must be at least 1s".to_owned());
-    }
-    if ttl.subsec_nanos() != 0 {
-        return Err("must be a whole number of seconds (e.g. 90s, 1m30s)".to_owned());
-    }
-    match ttl.as_secs() {
-        secs if secs > MAX_TTL_S => Err(format!("must be at most ten years ({MAX_TTL_S}s)")),
-        secs => Ok(secs),
-    }
-}
-
-/// An override's reason, at most [`MAX_REASON`] bytes.
-fn parse_reason(text: &str) -> Result<String, String> {
-    if text.len() > MAX_REASON {
-        return Err(format!("at most {MAX_REASON} bytes, got {}", text.len()));
-    }
-    Ok(text.to_owned())
-}
-
-/// Parses a duration with the core's one duration grammar (`50ms`, `1.5s`, `1m30s`, `0`).
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    sluice_core::time::parse_duration(text.trim()).map_err(|err| err.to_string())
-}
-
 /// Flags of `sluice batch`.
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("target").required(true).args(["upstream", "proxy"])))]
@@ -465,12 +426,12 @@ pub(crate) struct BatchArgs {
     pub(crate) output: PathBuf,
 
     /// Send to this upstream: each item's path is appended (e.g. https://api.openai.com).
-    #[arg(long, value_name = "URL", value_parser = crate::batch::parse_base_url)]
+    #[arg(long, value_name = "URL", value_parser = parse_base_url)]
     pub(crate) upstream: Option<String>,
 
     /// Send through this `sluice proxy` instead (its base URL); requests carry their
     /// priority in x-sluice-priority.
-    #[arg(long, value_name = "URL", value_parser = crate::batch::parse_base_url)]
+    #[arg(long, value_name = "URL", value_parser = parse_base_url)]
     pub(crate) proxy: Option<String>,
 
     /// Where the dead letter, the in-flight journal and the quota state live (default:
@@ -479,8 +440,8 @@ pub(crate) struct BatchArgs {
     pub(crate) state: Option<PathBuf>,
 
     /// Requests in flight at once: auto (adaptive, 1 to 100) or a fixed number.
-    #[arg(long, value_name = "auto|N", default_value = "auto", value_parser = crate::batch::parse_concurrency)]
-    pub(crate) concurrency: crate::batch::Concurrency,
+    #[arg(long, value_name = "auto|N", default_value = "auto", value_parser = parse_concurrency)]
+    pub(crate) concurrency: Concurrency,
 
     /// Send the items that failed for good in an earlier run again.
     #[arg(long)]
@@ -536,23 +497,6 @@ pub(crate) struct QuotaArgs {
 
 /// The pause threshold when none is set: 80 %.
 pub(crate) const DEFAULT_PAUSE_THRESHOLD: u8 = 80;
-
-/// Parses a percentage from 1 to 100, with or without its `%`.
-pub(crate) fn parse_percent(text: &str) -> Result<u8, String> {
-    match text.trim().trim_end_matches('%').trim_end().parse::<u8>() {
-        Ok(p) if (1..=100).contains(&p) => Ok(p),
-        _ => Err(format!("expected a percentage from 1 to 100, got '{text}'")),
-    }
-}
-
-/// Parses a yes-or-no value: true, false, yes, no, on, off, 1 or 0 (any case).
-pub(crate) fn parse_bool(text: &str) -> Result<bool, String> {
-    match text.trim().to_ascii_lowercase().as_str() {
-        "true" | "yes" | "on" | "1" => Ok(true),
-        "false" | "no" | "off" | "0" => Ok(false),
-        _ => Err(format!("expected true or false, got '{text}'")),
-    }
-}
 
 /// Flags of `sluice proxy`.
 ///
@@ -616,26 +560,26 @@ pub(crate) struct ProxyArgs {
 
     /// Quota usage percentages that log an alert, ascending (warning, critical...,
     /// emergency; default 60,80,95).
-    #[arg(long, value_name = "P,P,...", env = "SLUICE_PROXY_ALERT_LEVELS", value_parser = crate::proxy::parse_alert_levels)]
-    pub(crate) alert_levels: Option<crate::proxy::AlertLevels>,
+    #[arg(long, value_name = "P,P,...", env = "SLUICE_PROXY_ALERT_LEVELS", value_parser = parse_alert_levels)]
+    pub(crate) alert_levels: Option<AlertLevels>,
 
     /// The most requests in flight to the upstream at once (the adaptive limit stays at or
     /// below it; default 100).
-    #[arg(long, value_name = "N", env = "SLUICE_PROXY_MAX_CONCURRENCY", value_parser = crate::proxy::parse_concurrency)]
+    #[arg(long, value_name = "N", env = "SLUICE_PROXY_MAX_CONCURRENCY", value_parser = parse_count)]
     pub(crate) max_concurrency: Option<u32>,
 
     /// Attempts per request, the first included (1: never retry; default 5).
-    #[arg(long, value_name = "N", env = "SLUICE_PROXY_MAX_ATTEMPTS", value_parser = crate::proxy::parse_concurrency)]
+    #[arg(long, value_name = "N", env = "SLUICE_PROXY_MAX_ATTEMPTS", value_parser = parse_count)]
     pub(crate) max_attempts: Option<u32>,
 
     /// How long an attempt may wait for the upstream's answer to begin: e.g. 30s, 10m
     /// (default 10m).
-    #[arg(long, value_name = "DURATION", env = "SLUICE_PROXY_ATTEMPT_TIMEOUT", value_parser = crate::proxy::parse_timeout)]
+    #[arg(long, value_name = "DURATION", env = "SLUICE_PROXY_ATTEMPT_TIMEOUT", value_parser = parse_timeout)]
     pub(crate) attempt_timeout: Option<Duration>,
 
     /// The largest request body accepted, in bytes (suffixes KiB, MiB, GiB; default 8MiB);
     /// larger ones get 413.
-    #[arg(long, value_name = "SIZE", env = "SLUICE_PROXY_MAX_REQUEST_BODY", value_parser = crate::proxy::parse_size)]
+    #[arg(long, value_name = "SIZE", env = "SLUICE_PROXY_MAX_REQUEST_BODY", value_parser = parse_size)]
     pub(crate) max_request_body: Option<usize>,
 
     /// Keep the quota counts (daily ones included) in this JSON file across restarts.
@@ -663,7 +607,7 @@ pub(crate) struct ProxyArgs {
     pub(crate) no_root_endpoints: bool,
 
     /// Log lines for humans or one JSON object per line (default human).
-    #[arg(long, value_name = "FORMAT", value_parser = crate::proxy::LOG_FORMATS)]
+    #[arg(long, value_name = "FORMAT", value_parser = LOG_FORMATS)]
     pub(crate) log_format: Option<String>,
 }
 
@@ -674,36 +618,6 @@ mod tests {
     #[test]
     fn the_command_line_is_well_formed() {
         Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn durations_parse_in_every_documented_form() {
-        let ms = Duration::from_millis;
-        for (text, want) in [
-            ("0", ms(0)),
-            ("50ms", ms(50)),
-            ("1.5s", ms(1500)),
-            ("1m30s", ms(90_000)),
-            ("2min", ms(120_000)),
-            ("1h", ms(3_600_000)),
-            ("250us", Duration::from_micros(250)),
-            ("7ns", Duration::from_nanos(7)),
-        ] {
-            assert_eq!(parse_duration(text), Ok(want), "{text}");
-        }
-    }
-
-    #[test]
-    fn bad_durations_name_the_bad_part() {
-        for (text, part) in [
-            ("50", "missing unit"),
-            ("5x", "\"x\""),
-            ("ms", "\"ms\""),
-            ("", "empty"),
-        ] {
-            let err = parse_duration(text).unwrap_err();
-            assert!(err.contains(part), "{text}: {err}");
-        }
     }
 
     #[test]
@@ -725,17 +639,6 @@ mod tests {
         let err = args.policy().unwrap_err();
         assert_eq!(err.kind(), ErrorKind::ValueValidation);
         assert!(err.to_string().contains("'--burst <N>'"), "{err}");
-    }
-
-    #[test]
-    fn ttls_are_whole_seconds_from_one_second() {
-        assert_eq!(parse_ttl("1s"), Ok(1));
-        assert_eq!(parse_ttl("1h30m"), Ok(5400));
-        assert!(parse_ttl("0").unwrap_err().contains("at least 1s"));
-        assert!(parse_ttl("500ms").unwrap_err().contains("at least 1s"));
-        assert!(parse_ttl("1.5s").unwrap_err().contains("whole number"));
-        assert!(parse_ttl("1x").is_err());
-        assert!(parse_ttl("20000d").unwrap_err().contains("ten years"));
     }
 
     #[test]
@@ -771,27 +674,6 @@ mod tests {
             set(&["--token", "t", "--block", "--algorithm", "gcra"]),
             Err(ErrorKind::ArgumentConflict)
         );
-    }
-
-    #[test]
-    fn percentages_run_from_one_to_a_hundred() {
-        assert_eq!(parse_percent("80"), Ok(80));
-        assert_eq!(parse_percent("95%"), Ok(95));
-        assert_eq!(parse_percent(" 100 "), Ok(100));
-        assert!(parse_percent("0").is_err());
-        assert!(parse_percent("101").is_err());
-        assert!(parse_percent("half").unwrap_err().contains("'half'"));
-    }
-
-    #[test]
-    fn booleans_take_the_usual_words() {
-        for yes in ["true", "YES", "on", "1"] {
-            assert_eq!(parse_bool(yes), Ok(true), "{yes}");
-        }
-        for no in ["false", "No", "off", "0"] {
-            assert_eq!(parse_bool(no), Ok(false), "{no}");
-        }
-        assert!(parse_bool("maybe").unwrap_err().contains("'maybe'"));
     }
 
     fn proxy(args: &[&str]) -> Result<ProxyArgs, ErrorKind> {
@@ -863,12 +745,5 @@ mod tests {
         );
         assert_eq!(env("batch", "rpm"), None);
         assert_eq!(env("batch", "daily_limit"), None);
-    }
-
-    #[test]
-    fn times_must_be_positive() {
-        assert!(at_least_one("0").is_err());
-        assert!(at_least_one("x").is_err());
-        assert_eq!(at_least_one("3"), Ok(3));
     }
 }

@@ -14,6 +14,7 @@ mod cli;
 mod process;
 mod proxy;
 mod serve;
+mod values;
 
 use std::io;
 use std::process::ExitCode;

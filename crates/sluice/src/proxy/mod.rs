@@ -22,11 +22,6 @@ use settings::{Settings, egress_config, explain, proxy_config};
 
 mod file;
 mod settings;
-mod values;
-
-pub(crate) use values::{
-    AlertLevels, LOG_FORMATS, parse_alert_levels, parse_concurrency, parse_size, parse_timeout,
-};
 
 /// Runs the proxy until Ctrl-C or SIGTERM.
 pub(crate) fn run(args: &ProxyArgs) -> anyhow::Result<()> {

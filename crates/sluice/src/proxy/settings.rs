@@ -11,12 +11,10 @@ use sluice_egress::quota::QuotaError;
 use sluice_egress::{EgressConfig, EgressConfigError};
 
 use super::file::{self, ConfigFile};
-use super::values::{
-    LOG_FORMATS, parse_alert_levels, parse_concurrency, parse_listen, parse_log_format, parse_size,
-    parse_text, parse_timeout,
-};
-use crate::cli::{
-    DEFAULT_PAUSE_THRESHOLD, ProxyArgs, at_least_one, parse_bool, parse_percent, usage_error,
+use crate::cli::{DEFAULT_PAUSE_THRESHOLD, ProxyArgs, usage_error};
+use crate::values::{
+    LOG_FORMATS, at_least_one, parse_alert_levels, parse_bool, parse_count, parse_listen,
+    parse_log_format, parse_percent, parse_size, parse_text, parse_timeout,
 };
 
 /// `sluice proxy`'s settings: each from its flag or environment variable, else from the
@@ -121,8 +119,8 @@ impl Settings {
             args.alert_levels.clone(),
             parse_alert_levels,
         )?;
-        let max_concurrency = m.pick("max_concurrency", args.max_concurrency, parse_concurrency)?;
-        let max_attempts = m.pick("max_attempts", args.max_attempts, parse_concurrency)?;
+        let max_concurrency = m.pick("max_concurrency", args.max_concurrency, parse_count)?;
+        let max_attempts = m.pick("max_attempts", args.max_attempts, parse_count)?;
         let attempt_timeout = m.pick("attempt_timeout", args.attempt_timeout, parse_timeout)?;
         let max_request_body = m.pick("max_request_body", args.max_request_body, parse_size)?;
         let state_file = m.pick("state_file", args.state_file.clone(), |text| {
