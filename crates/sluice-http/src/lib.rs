@@ -18,6 +18,10 @@
 //! rate limit headers, `Retry-After`, `retry-after-ms` and `x-should-retry`, normalised into
 //! one snapshot per response.
 //!
+//! With the `check-json` feature, [`check`] holds the JSON body of `sluice serve`'s
+//! `POST /v1/check`, one copy for the server that decodes requests and the clients that
+//! send them.
+//!
 //! ```
 //! use std::time::Duration;
 //! use http::HeaderMap;
@@ -38,6 +42,8 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use sluice_core::{Decision, Policy};
 
+#[cfg(feature = "check-json")]
+pub mod check;
 mod error;
 mod ietf;
 mod legacy;

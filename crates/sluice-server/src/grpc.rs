@@ -82,7 +82,7 @@ fn from_proto(request: RateLimitRequest) -> Result<CheckRequest, GrpcStatus> {
         .map(descriptor)
         .collect::<Result<Vec<_>, _>>()?;
     Ok(CheckRequest {
-        domain: request.domain,
+        domain: request.domain.into(),
         descriptors,
         hits: Some(u64::from(request.hits_addend)),
     })
@@ -99,8 +99,8 @@ fn descriptor(descriptor: RateLimitDescriptor) -> Result<Descriptor, GrpcStatus>
             .entries
             .into_iter()
             .map(|e| EntryRequest {
-                key: e.key,
-                value: e.value,
+                key: e.key.into(),
+                value: e.value.into(),
             })
             .collect(),
         hits: descriptor.hits_addend.map(|v| v.value),

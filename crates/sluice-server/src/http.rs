@@ -5,6 +5,7 @@
 //! body is answered `400 application/problem+json` naming the field; an oversized one `413`.
 //! The `Content-Type` is not required: `curl -d` works as is.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use axum::routing::{get, post};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use sluice_http::check;
 
 use crate::backend::Backend;
 use crate::limiter::{Code, LimitError, Limiter, Status};
@@ -54,9 +56,9 @@ async fn check<B: Backend>(
     match limiter.check(request).await {
         Ok(outcome) => json_response(
             StatusCode::OK,
-            &CheckResponse {
-                overall_code: outcome.code.as_str(),
-                statuses: outcome.statuses.iter().map(StatusJson::from).collect(),
+            &check::CheckResponse {
+                overall_code: Cow::Borrowed(outcome.code.as_str()),
+                statuses: outcome.statuses.iter().map(status_json).collect(),
             },
         ),
         Err(err) => error_response(&err),
@@ -93,7 +95,7 @@ async fn reserve<B: Backend>(
         return error_response(&invalid.into());
     }
     let check = CheckRequest {
-        domain: request.domain,
+        domain: request.domain.into(),
         descriptors: request.descriptors,
         hits: request.hits,
     };
@@ -104,7 +106,7 @@ async fn reserve<B: Backend>(
                 "granted": outcome.granted,
                 "reservation_id": outcome.id,
                 "wait_ms": ceil_millis(outcome.wait),
-                "statuses": outcome.statuses.iter().map(StatusJson::from).collect::<Vec<_>>(),
+                "statuses": outcome.statuses.iter().map(status_json).collect::<Vec<_>>(),
             }),
         ),
         Err(err) => error_response(&err),
@@ -188,63 +190,30 @@ async fn openapi() -> Response {
     response
 }
 
-/// The `/v1/check` answer, field names as in Envoy's `RateLimitResponse`.
-#[derive(Debug, Serialize)]
-struct CheckResponse<'a> {
-    overall_code: &'static str,
-    statuses: Vec<StatusJson<'a>>,
-}
-
-#[derive(Debug, Serialize)]
-struct StatusJson<'a> {
-    code: &'static str,
-    limit: Option<LimitJson<'a>>,
-    limit_remaining: u64,
-    duration_until_reset_ms: u64,
-    retry_after_ms: Option<u64>,
-}
-
-#[derive(Debug, Serialize)]
-struct LimitJson<'a> {
-    requests_per_unit: u64,
-    unit: &'static str,
-    #[serde(skip_serializing_if = "is_one")]
-    unit_multiplier: u64,
-    name: Option<&'a str>,
-    algorithm: &'static str,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    shadow_mode: bool,
-}
-
-fn is_one(n: &u64) -> bool {
-    *n == 1
-}
-
-impl<'a> From<&'a Status> for StatusJson<'a> {
-    fn from(status: &'a Status) -> Self {
-        let limit = status
-            .rule
-            .as_deref()
-            .filter(|r| !r.is_unlimited())
-            .map(|rule| LimitJson {
-                requests_per_unit: rule.requests_per_unit,
-                unit: rule.unit.name(),
-                unit_multiplier: rule.unit_multiplier,
-                name: rule.name.as_deref(),
-                algorithm: rule.policy.map_or("blocked", |p| p.algorithm().name()),
-                shadow_mode: rule.shadow_mode,
-            });
-        let decision = status.decision;
-        StatusJson {
-            code: status.code.as_str(),
-            limit,
-            limit_remaining: decision.map_or(0, |d| d.remaining),
-            duration_until_reset_ms: decision.map_or(0, |d| ceil_millis(d.reset_after)),
-            retry_after_ms: match status.code {
-                Code::OverLimit => decision.and_then(|d| d.retry_after).map(ceil_millis),
-                Code::Ok => None,
-            },
-        }
+/// A descriptor's status as `/v1/check` and `/v1/reserve` answer it.
+fn status_json(status: &Status) -> check::Status<'_> {
+    let limit = status
+        .rule
+        .as_deref()
+        .filter(|r| !r.is_unlimited())
+        .map(|rule| check::Limit {
+            requests_per_unit: rule.requests_per_unit,
+            unit: Cow::Borrowed(rule.unit.name()),
+            unit_multiplier: rule.unit_multiplier,
+            name: rule.name.as_deref().map(Cow::Borrowed),
+            algorithm: Cow::Borrowed(rule.policy.map_or("blocked", |p| p.algorithm().name())),
+            shadow_mode: rule.shadow_mode,
+        });
+    let decision = status.decision;
+    check::Status {
+        code: Cow::Borrowed(status.code.as_str()),
+        limit,
+        limit_remaining: decision.map_or(0, |d| d.remaining),
+        duration_until_reset_ms: decision.map_or(0, |d| ceil_millis(d.reset_after)),
+        retry_after_ms: match status.code {
+            Code::OverLimit => decision.and_then(|d| d.retry_after).map(ceil_millis),
+            Code::Ok => None,
+        },
     }
 }
 

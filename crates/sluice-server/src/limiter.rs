@@ -24,7 +24,7 @@ use crate::metrics::{Metrics, RequestResult, RuleHit, UNKNOWN_DOMAIN};
 use crate::overrides::{
     DescriptorRef, Override, OverrideRequest, OverrideSet, OverrideStore, OverrideStoreError,
 };
-use crate::request::{CheckRequest, InvalidRequest};
+use crate::request::{CheckRequest, InvalidRequest, validate};
 use crate::reservations::{Full, Reservations};
 
 /// Most reservations outstanding at once.
@@ -46,8 +46,8 @@ impl Code {
     /// `OK` or `OVER_LIMIT`, as Envoy spells them.
     pub const fn as_str(self) -> &'static str {
         match self {
-            Self::Ok => "OK",
-            Self::OverLimit => "OVER_LIMIT",
+            Self::Ok => sluice_http::check::CODE_OK,
+            Self::OverLimit => sluice_http::check::CODE_OVER_LIMIT,
         }
     }
 }
@@ -329,10 +329,7 @@ impl<B: Backend> Limiter<B> {
     pub fn rule_for(&self, descriptor: &DescriptorRef) -> Result<Applied, AdminError> {
         let key = descriptor.key()?;
         let config = self.config.load();
-        let pairs = descriptor
-            .entries
-            .iter()
-            .map(|e| (e.key.as_str(), e.value.as_str()));
+        let pairs = descriptor.entries.iter().map(|e| (&*e.key, &*e.value));
         let configured = config.find_pairs(&descriptor.domain, pairs).cloned();
         let overrides = self.overrides.load();
         match overrides.get(key.as_str(), self.wall_ms()) {
@@ -565,7 +562,7 @@ impl<B: Backend> Limiter<B> {
     }
 
     fn matched(&self, config: &Config, request: CheckRequest) -> Result<Matched, LimitError> {
-        if let Err(invalid) = request.validate() {
+        if let Err(invalid) = validate(&request) {
             self.metrics.bad_request();
             return Err(invalid.into());
         }
@@ -582,10 +579,7 @@ impl<B: Backend> Limiter<B> {
         let overrides = self.overrides.load();
         let now_ms = self.wall_ms();
         for (i, descriptor) in descriptors.iter().enumerate() {
-            let pairs = descriptor
-                .entries
-                .iter()
-                .map(|e| (e.key.as_str(), e.value.as_str()));
+            let pairs = descriptor.entries.iter().map(|e| (&*e.key, &*e.value));
             let mut rule = config.find_pairs(&domain, pairs.clone()).cloned();
             let needs_key =
                 !overrides.is_empty() || rule.as_ref().is_some_and(|r| r.policy.is_some());
@@ -606,7 +600,7 @@ impl<B: Backend> Limiter<B> {
         }
         apply_replaces(&mut rules, &mut keys);
         Ok(Matched {
-            domain,
+            domain: domain.into_owned(),
             rules,
             keys,
             costs,

@@ -1,9 +1,11 @@
 //! What a client asks, whichever protocol it came by, and how it is validated.
 //!
-//! gRPC and HTTP JSON both decode into a [`CheckRequest`]; [`CheckRequest::validate`] is the
-//! one place the bounds are enforced, and its errors name the field as a JSON path.
+//! gRPC and HTTP JSON both decode into a [`CheckRequest`], the `/v1/check` body of
+//! [`sluice_http::check`] (HTTP decodes it as is, strictly; gRPC translates Envoy's
+//! message into it); [`validate`] is the one place the bounds are enforced, and its errors
+//! name the field as a JSON path.
 
-use serde::{Deserialize, Serialize};
+use sluice_http::check;
 
 /// Most descriptors in one request.
 pub const MAX_DESCRIPTORS: usize = 64;
@@ -12,40 +14,14 @@ pub const MAX_ENTRIES: usize = sluice_core::key::MAX_ENTRIES;
 /// Largest number of hits one request may add (keeps every sum far from overflow).
 pub const MAX_HITS: u64 = 1 << 40;
 
-/// "May these descriptors of `domain` pass, at `hits` units each?"
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CheckRequest {
-    /// The configuration domain, e.g. `api`.
-    pub domain: String,
-    /// One or more descriptors, each checked against the rule it matches.
-    pub descriptors: Vec<Descriptor>,
-    /// Units each descriptor adds; absent or 0 means 1.
-    #[serde(default)]
-    pub hits: Option<u64>,
-}
+/// "May these descriptors of `domain` pass, at `hits` units each?", with owned text.
+pub type CheckRequest = check::CheckRequest<'static>;
 
 /// One descriptor: an ordered list of entries.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Descriptor {
-    /// The entries, outermost first.
-    pub entries: Vec<EntryRequest>,
-    /// Units this descriptor adds, overriding the request's `hits`.
-    #[serde(default)]
-    pub hits: Option<u64>,
-}
+pub type Descriptor = check::Descriptor<'static>;
 
 /// One `key`/`value` entry as sent over JSON (`value` may be omitted).
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct EntryRequest {
-    /// The entry's key.
-    pub key: String,
-    /// The entry's value.
-    #[serde(default)]
-    pub value: String,
-}
+pub type EntryRequest = check::Entry<'static>;
 
 /// A request that is well-formed but out of bounds, naming the field.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -67,61 +43,50 @@ impl InvalidRequest {
     }
 }
 
-impl CheckRequest {
-    /// Checks every bound; the first violation is returned.
-    pub fn validate(&self) -> Result<(), InvalidRequest> {
-        if self.domain.is_empty() {
-            return Err(InvalidRequest::new("domain", "must not be empty"));
-        }
-        if self.descriptors.is_empty() {
+/// Checks every bound of `request`; the first violation is returned.
+pub fn validate(request: &CheckRequest) -> Result<(), InvalidRequest> {
+    if request.domain.is_empty() {
+        return Err(InvalidRequest::new("domain", "must not be empty"));
+    }
+    if request.descriptors.is_empty() {
+        return Err(InvalidRequest::new(
+            "descriptors",
+            "must hold at least one descriptor",
+        ));
+    }
+    if request.descriptors.len() > MAX_DESCRIPTORS {
+        return Err(InvalidRequest::new(
+            "descriptors",
+            format!(
+                "at most {MAX_DESCRIPTORS} descriptors, got {}",
+                request.descriptors.len()
+            ),
+        ));
+    }
+    check_hits("hits", request.hits)?;
+    for (i, descriptor) in request.descriptors.iter().enumerate() {
+        let entries = &descriptor.entries;
+        if entries.is_empty() {
             return Err(InvalidRequest::new(
-                "descriptors",
-                "must hold at least one descriptor",
+                format!("descriptors[{i}].entries"),
+                "must hold at least one entry",
             ));
         }
-        if self.descriptors.len() > MAX_DESCRIPTORS {
+        if entries.len() > MAX_ENTRIES {
             return Err(InvalidRequest::new(
-                "descriptors",
-                format!(
-                    "at most {MAX_DESCRIPTORS} descriptors, got {}",
-                    self.descriptors.len()
-                ),
+                format!("descriptors[{i}].entries"),
+                format!("at most {MAX_ENTRIES} entries, got {}", entries.len()),
             ));
         }
-        check_hits("hits", self.hits)?;
-        for (i, descriptor) in self.descriptors.iter().enumerate() {
-            let entries = &descriptor.entries;
-            if entries.is_empty() {
-                return Err(InvalidRequest::new(
-                    format!("descriptors[{i}].entries"),
-                    "must hold at least one entry",
-                ));
-            }
-            if entries.len() > MAX_ENTRIES {
-                return Err(InvalidRequest::new(
-                    format!("descriptors[{i}].entries"),
-                    format!("at most {MAX_ENTRIES} entries, got {}", entries.len()),
-                ));
-            }
-            if let Some(j) = entries.iter().position(|e| e.key.is_empty()) {
-                return Err(InvalidRequest::new(
-                    format!("descriptors[{i}].entries[{j}].key"),
-                    "must not be empty",
-                ));
-            }
-            check_hits(&format!("descriptors[{i}].hits"), descriptor.hits)?;
+        if let Some(j) = entries.iter().position(|e| e.key.is_empty()) {
+            return Err(InvalidRequest::new(
+                format!("descriptors[{i}].entries[{j}].key"),
+                "must not be empty",
+            ));
         }
-        Ok(())
+        check_hits(&format!("descriptors[{i}].hits"), descriptor.hits)?;
     }
-
-    /// Units descriptor `i` adds: its own hits, else the request's, with 0 meaning 1.
-    pub fn hits_of(&self, i: usize) -> u64 {
-        let own = self.descriptors.get(i).and_then(|d| d.hits);
-        match own.or(self.hits) {
-            None | Some(0) => 1,
-            Some(n) => n,
-        }
-    }
+    Ok(())
 }
 
 fn check_hits(field: &str, hits: Option<u64>) -> Result<(), InvalidRequest> {
@@ -164,7 +129,7 @@ mod tests {
                 "descriptors[0].hits",
             ),
         ] {
-            let err = request(json).validate().unwrap_err();
+            let err = validate(&request(json)).unwrap_err();
             assert_eq!(err.field, field, "{json}: {err}");
         }
     }
@@ -174,7 +139,7 @@ mod tests {
         let r = request(
             r#"{"domain":"a","descriptors":[{"entries":[{"key":"k"}]},{"entries":[{"key":"k"}],"hits":5}],"hits":0}"#,
         );
-        r.validate().unwrap();
+        validate(&r).unwrap();
         assert_eq!((r.hits_of(0), r.hits_of(1)), (1, 5));
     }
 }

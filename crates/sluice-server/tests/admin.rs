@@ -533,11 +533,11 @@ async fn an_override_expires_at_its_ttl_on_the_wall_clock() {
     let stored = limiter.put_override(request).await.expect("stored");
     assert_eq!(stored.expires_at_unix_ms, Some(1_790_000_000_000 + 60_000));
     let check = || CheckRequest {
-        domain: "api".to_owned(),
+        domain: "api".into(),
         descriptors: vec![sluice_server::request::Descriptor {
             entries: vec![EntryRequest {
-                key: "user".to_owned(),
-                value: "t".to_owned(),
+                key: "user".into(),
+                value: "t".into(),
             }],
             hits: None,
         }],
@@ -561,8 +561,8 @@ async fn an_override_expires_at_its_ttl_on_the_wall_clock() {
     let gone = DescriptorRef {
         domain: "api".to_owned(),
         entries: vec![EntryRequest {
-            key: "user".to_owned(),
-            value: "t".to_owned(),
+            key: "user".into(),
+            value: "t".into(),
         }],
     };
     assert!(limiter.rule_for(&gone).expect("valid").2.is_none());

@@ -9,8 +9,10 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use serde::{Deserialize, Serialize};
 use sluice_core::Key;
+use sluice_http::check::{
+    CODE_OK, CODE_OVER_LIMIT, CheckRequest, CheckResponse, Descriptor, Entry, Status as StatusJson,
+};
 
 use super::EndpointError;
 use super::check::{Answer, Failure, Quota, RemoteBackend, Status, unit_secs};
@@ -98,8 +100,9 @@ impl HttpBackend {
                 }
             })?
             .to_bytes();
-        let answer: CheckAnswer = serde_json::from_slice(&bytes).map_err(|_| Failure::BadAnswer)?;
-        answer.into_answer()
+        let answer: CheckResponse<'static> =
+            serde_json::from_slice(&bytes).map_err(|_| Failure::BadAnswer)?;
+        into_answer(answer)
     }
 }
 
@@ -112,117 +115,69 @@ impl RemoteBackend for HttpBackend {
         keys: &'a [Key],
         hits: u64,
     ) -> Result<Answer, Failure> {
-        let body = CheckBody {
-            domain,
+        let body = CheckRequest {
+            domain: domain.into(),
             descriptors: keys
                 .iter()
-                .map(|key| DescriptorBody {
+                .map(|key| Descriptor {
                     entries: key
                         .entries()
-                        .map(|(key, value)| EntryBody { key, value })
+                        .map(|(key, value)| Entry {
+                            key: key.into(),
+                            value: value.into(),
+                        })
                         .collect(),
+                    hits: None,
                 })
                 .collect(),
-            hits,
+            hits: Some(hits),
         };
         let body = serde_json::to_vec(&body).map_err(|_| Failure::BadAnswer)?;
         self.post(body).await
     }
 }
 
-/// The `/v1/check` request body.
-#[derive(Serialize)]
-struct CheckBody<'a> {
-    domain: &'a str,
-    descriptors: Vec<DescriptorBody<'a>>,
-    hits: u64,
+/// The server's decision in an answer; fields this layer does not use are ignored, so a
+/// newer server still parses.
+fn into_answer(answer: CheckResponse<'_>) -> Result<Answer, Failure> {
+    let statuses = answer
+        .statuses
+        .into_iter()
+        .map(into_status)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Answer {
+        over_limit: over_limit(&answer.overall_code)?,
+        statuses,
+    })
 }
 
-#[derive(Serialize)]
-struct DescriptorBody<'a> {
-    entries: Vec<EntryBody<'a>>,
-}
-
-#[derive(Serialize)]
-struct EntryBody<'a> {
-    key: &'a str,
-    value: &'a str,
-}
-
-/// The `/v1/check` answer; fields this layer does not use are ignored, so a newer server
-/// still parses.
-#[derive(Deserialize)]
-struct CheckAnswer {
-    overall_code: String,
-    statuses: Vec<StatusAnswer>,
-}
-
-#[derive(Deserialize)]
-struct StatusAnswer {
-    code: String,
-    limit: Option<LimitAnswer>,
-    limit_remaining: u64,
-    duration_until_reset_ms: u64,
-    retry_after_ms: Option<u64>,
-}
-
-#[derive(Deserialize)]
-struct LimitAnswer {
-    requests_per_unit: u64,
-    unit: String,
-    #[serde(default = "one")]
-    unit_multiplier: u64,
-    #[serde(default)]
-    shadow_mode: bool,
-}
-
-fn one() -> u64 {
-    1
-}
-
-impl CheckAnswer {
-    fn into_answer(self) -> Result<Answer, Failure> {
-        let statuses = self
-            .statuses
-            .into_iter()
-            .map(StatusAnswer::into_status)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Answer {
-            over_limit: over_limit(&self.overall_code)?,
-            statuses,
+fn into_status(status: StatusJson<'_>) -> Result<Status, Failure> {
+    let over_limit = over_limit(&status.code)?;
+    // A shadow-mode rule only observes: the client is not shown it.
+    let quota = status.limit.filter(|l| !l.shadow_mode).and_then(|limit| {
+        let window_secs = unit_secs(&limit.unit)?.saturating_mul(limit.unit_multiplier);
+        Some(Quota {
+            units: limit.requests_per_unit,
+            window_secs,
         })
-    }
-}
-
-impl StatusAnswer {
-    fn into_status(self) -> Result<Status, Failure> {
-        let over_limit = over_limit(&self.code)?;
-        // A shadow-mode rule only observes: the client is not shown it.
-        let quota = self.limit.filter(|l| !l.shadow_mode).and_then(|limit| {
-            let window_secs = unit_secs(&limit.unit)?.saturating_mul(limit.unit_multiplier);
-            Some(Quota {
-                units: limit.requests_per_unit,
-                window_secs,
-            })
-        });
-        Ok(Status {
-            over_limit,
-            quota,
-            remaining: self.limit_remaining,
-            reset_after: Duration::from_millis(self.duration_until_reset_ms),
-            retry_after: self
-                .retry_after_ms
-                .filter(|_| over_limit)
-                .map(Duration::from_millis),
-        })
-    }
+    });
+    Ok(Status {
+        over_limit,
+        quota,
+        remaining: status.limit_remaining,
+        reset_after: Duration::from_millis(status.duration_until_reset_ms),
+        retry_after: status
+            .retry_after_ms
+            .filter(|_| over_limit)
+            .map(Duration::from_millis),
+    })
 }
 
 /// `OVER_LIMIT` or `OK`; anything else (Envoy's `UNKNOWN`) is not a decision.
 fn over_limit(code: &str) -> Result<bool, Failure> {
     match code {
-        "OK" => Ok(false),
-        "OVER_LIMIT" => Ok(true),
+        CODE_OK => Ok(false),
+        CODE_OVER_LIMIT => Ok(true),
         _ => Err(Failure::BadAnswer),
     }
 }
@@ -256,8 +211,8 @@ mod tests {
             {"code":"OK","limit":{"requests_per_unit":1,"unit":"hour","algorithm":"gcra","shadow_mode":true},
              "limit_remaining":0,"duration_until_reset_ms":5,"retry_after_ms":null,"future_field":1}
         ],"future_field":true}"#;
-        let answer: CheckAnswer = serde_json::from_str(json).expect("parses");
-        let answer = answer.into_answer().expect("a decision");
+        let answer: CheckResponse<'_> = serde_json::from_str(json).expect("parses");
+        let answer = into_answer(answer).expect("a decision");
         assert!(answer.over_limit);
         assert_eq!(
             answer.statuses[0],
@@ -279,7 +234,7 @@ mod tests {
     #[test]
     fn unknown_codes_are_not_decisions() {
         let json = r#"{"overall_code":"UNKNOWN","statuses":[]}"#;
-        let answer: CheckAnswer = serde_json::from_str(json).expect("parses");
-        assert_eq!(answer.into_answer(), Err(Failure::BadAnswer));
+        let answer: CheckResponse<'_> = serde_json::from_str(json).expect("parses");
+        assert_eq!(into_answer(answer), Err(Failure::BadAnswer));
     }
 }
