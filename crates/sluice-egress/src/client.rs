@@ -1,21 +1,31 @@
-//! The client: every call to the upstream goes through [`Egress::execute`].
+//! The client's async shell: every call to the upstream goes through a [`Call`], the one
+//! driver of attempts ([`Egress::execute`] runs one for a caller that hands it a `send`).
+//!
+//! The decisions live in [`EgressState`](crate::state), pure and behind one lock; this
+//! shell does the waiting (the quota pause, the gate, the pace, a concurrency slot, the
+//! backoff), the sending, the logging and broadcasting of [`EgressEvent`]s, and hands
+//! state-file snapshots to a writer thread, never writing under the lock.
 //!
 //! One call, one attempt at a time:
 //!
 //! ```text
 //!  circuit open? ──▶ fail at once (CircuitOpen, with when the next probe is)
 //!  quota paused for this priority? ──▶ wait for the reset, or fail if beyond max_wait
+//!  the gate: wait for this caller's turn (priority, tenant, arrival)
 //!  pacer: reserve 1 request + the estimated tokens ──▶ wait until they are ready
 //!  adaptive concurrency: wait for a slot
+//!  (every wait above counts against the job's one max_wait)
 //!  send ──▶ answer ──▶ learn (headers → pacer and quota; AIMD; concurrency; breaker)
 //!                      settle the tokens to the reported usage
-//!  success ──▶ done      retryable failure ──▶ back off (Retry-After or full jitter), again
+//!  success ──▶ done      retryable failure ──▶ back off (Retry-After, else the class's
+//!                                              schedule), then again
 //! ```
 //!
-//! The client spawns nothing: waits happen in the caller's task, so dropping the future
-//! cancels the call and gives back its concurrency slot.
+//! The client spawns nothing for a call: waits happen in the caller's task, so dropping the
+//! future cancels the call and gives back its concurrency slot. (The state file's writer
+//! is one blocking thread at a time, see [`crate::state_file`].)
 //!
-//! A call whose answer streams ([`Egress::attempt`], then [`Attempt::answered`] without
+//! A call whose answer streams ([`Call::attempt`], then [`Attempt::answered`] without
 //! the body) keeps its concurrency slot until the stream ends: the upstream works on it
 //! until then. The report's [`Settlement`] holds the slot; settling it (or dropping it,
 //! when the reader goes away) gives the slot back once, and the adaptive limit learns the
@@ -30,59 +40,29 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Response, StatusCode};
-use sluice_core::{
-    Backoff, BreakerConfig, BreakerState, CircuitBreaker, Clock, Nanos, Permit, backoff::after_hint,
-};
+use sluice_core::{BreakerConfig, BreakerState, Clock, Nanos, Permit};
 use sluice_http::UpstreamSignals;
 use sluice_store::{MemoryStore, Store};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, broadcast};
 
 use crate::TokioClock;
-use crate::classify::{ErrorClass, Idempotency, Outcome, RetryRules, classify_status, may_retry};
+use crate::classify::{ErrorClass, Idempotency, Outcome, classify_status};
 use crate::coalesce::{CoalesceKey, Coalescer};
-use crate::concurrency::{AdaptiveConcurrency, ConcurrencyConfig, ConcurrencyError, Slot};
+use crate::concurrency::{ConcurrencyConfig, ConcurrencyError, Slot};
+use crate::events::EgressEvent;
 use crate::gate::Gate;
 use crate::job::Priority;
 use crate::pacer::{
     DimensionPace, PaceConfig, PaceConfigError, PaceDimension, PaceError, Paced, Pacer,
 };
-use crate::quota::{Admission, QuotaConfig, QuotaError, QuotaEvent, QuotaMonitor, Usage};
+use crate::quota::{Admission, QuotaConfig, QuotaError, QuotaMonitor, Usage};
+use crate::retry::{Failure, NextStep, RetryConfig};
+use crate::state::{Answered, EgressState, StreamEnd, ThrottleAlertConfig};
+use crate::state_file::StateFile;
 use crate::usage::reported_tokens;
 
-/// How retries are made.
-#[derive(Clone, Debug, PartialEq)]
-pub struct RetryConfig {
-    /// Attempts in all, the first included. 1 means never retry.
-    pub max_attempts: u32,
-    /// No retry starts later than this after the call began.
-    pub max_elapsed: Duration,
-    /// The backoff when the upstream gave no hint.
-    pub backoff: Backoff,
-    /// Added at random (up to this much) to an upstream's `Retry-After`, so that many
-    /// clients told the same instant do not all return at it. Zero honours it exactly.
-    pub retry_after_spread: Duration,
-    /// Retry non-idempotent requests (POST) after failures that may have been processed
-    /// (5xx, timeouts, broken connections). Off: only a 429 or a refused connection, which
-    /// the upstream guarantees it did not process, are retried.
-    pub retry_non_idempotent: bool,
-    /// How long one attempt may take before it counts as a timeout.
-    pub attempt_timeout: Duration,
-}
-
-impl Default for RetryConfig {
-    /// 5 attempts within 10 minutes, backoff from 500 ms to 30 s, Retry-After plus up to
-    /// 250 ms, POST not retried after a 5xx, 10 minutes per attempt (LLM answers are slow).
-    fn default() -> Self {
-        Self {
-            max_attempts: 5,
-            max_elapsed: Duration::from_secs(600),
-            backoff: Backoff::default(),
-            retry_after_spread: Duration::from_millis(250),
-            retry_non_idempotent: false,
-            attempt_timeout: Duration::from_secs(600),
-        }
-    }
-}
+/// Events buffered per subscriber before the oldest are dropped.
+const EVENT_BUFFER: usize = 1024;
 
 /// Everything an [`Egress`] client is configured with.
 #[derive(Clone, Debug)]
@@ -109,6 +89,8 @@ pub struct EgressConfig {
     pub state_file: Option<PathBuf>,
     /// How often, at most, the state file is rewritten.
     pub persist_every: Duration,
+    /// When a share of throttled attempts raises an [`EgressEvent::ThrottleAlert`].
+    pub throttle_alert: ThrottleAlertConfig,
 }
 
 impl EgressConfig {
@@ -125,6 +107,7 @@ impl EgressConfig {
             exhausted_pause: Duration::from_secs(60),
             state_file: None,
             persist_every: Duration::from_secs(1),
+            throttle_alert: ThrottleAlertConfig::default(),
         }
     }
 }
@@ -145,6 +128,16 @@ pub enum EgressConfigError {
     /// Retries.
     #[error("retry.max_attempts must be at least 1, got 0")]
     NoAttempts,
+    /// The throttle alert.
+    #[error(
+        "throttle_alert: threshold must be in (0, 1] and window in 1..=128, got {threshold} and {window}"
+    )]
+    ThrottleAlert {
+        /// The threshold given.
+        threshold: f64,
+        /// The window given.
+        window: u32,
+    },
 }
 
 /// What the caller says about one call.
@@ -160,7 +153,7 @@ pub struct Job {
     pub tokens: u64,
     /// Whether sending it twice is harmless.
     pub idempotency: Idempotency,
-    /// How long it may wait for quota, pace and a slot before failing.
+    /// How long it may wait, in all, for quota, its turn, pace and a slot before failing.
     pub max_wait: Duration,
 }
 
@@ -248,6 +241,19 @@ pub enum EgressError {
         percent: f64,
         /// When it resets.
         retry_after: Duration,
+    },
+    /// The call waited its whole `max_wait` in line, for its turn or a concurrency slot,
+    /// and was not sent.
+    #[error(
+        "{upstream}: still waiting for {waiting_for} after {max_wait:?} (max_wait): it would have had to wait longer"
+    )]
+    WaitedTooLong {
+        /// The upstream.
+        upstream: String,
+        /// `its turn` or `a concurrency slot`.
+        waiting_for: &'static str,
+        /// How long it waited: its `max_wait`.
+        max_wait: Duration,
     },
     /// Too many calls are waiting already.
     #[error("{upstream}: {waiting} calls are waiting already (max_waiting)")]
@@ -369,19 +375,14 @@ fn ratio(part: u64, whole: u64) -> f64 {
     part as f64 / whole as f64
 }
 
-/// The state behind the lock: never held across an await.
-struct Shared {
-    breaker: CircuitBreaker,
-    concurrency: AdaptiveConcurrency,
-    quota: QuotaMonitor,
-    persisted_at: Option<Nanos>,
-}
-
 struct Inner<S> {
     config: EgressConfig,
     clock: TokioClock,
     pacer: Pacer<S>,
-    shared: Mutex<Shared>,
+    /// The decisions: never locked across an await.
+    state: Mutex<EgressState>,
+    state_file: Option<StateFile>,
+    events: broadcast::Sender<EgressEvent>,
     slot_freed: Notify,
     gate: Gate,
     retrying: AtomicUsize,
@@ -431,25 +432,33 @@ impl<S: Store> Egress<S> {
         if config.retry.max_attempts == 0 {
             return Err(EgressConfigError::NoAttempts);
         }
+        let alert = config.throttle_alert;
+        if !(alert.threshold > 0.0 && alert.threshold <= 1.0 && (1..=128).contains(&alert.window)) {
+            return Err(EgressConfigError::ThrottleAlert {
+                threshold: alert.threshold,
+                window: alert.window,
+            });
+        }
         let pacer = Pacer::new(store, &config.upstream, &config.pace)?;
         let now = clock.now();
-        let quota = match &config.state_file {
-            Some(path) => QuotaMonitor::load(config.quota.clone(), path, now)?,
+        let state_file = config
+            .state_file
+            .as_ref()
+            .map(|path| StateFile::new(path.clone(), &config.upstream));
+        let quota = match &state_file {
+            Some(file) => file.load(config.quota.clone(), now)?,
             None => QuotaMonitor::new(config.quota.clone())?,
         };
-        let shared = Shared {
-            breaker: CircuitBreaker::new(config.breaker),
-            concurrency: AdaptiveConcurrency::new(config.concurrency.clone())?,
-            quota,
-            persisted_at: None,
-        };
+        let state = EgressState::new(&config, quota)?;
         let gate = Gate::new(config.max_waiting);
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
                 clock,
                 pacer,
-                shared: Mutex::new(shared),
+                state: Mutex::new(state),
+                state_file,
+                events: broadcast::channel(EVENT_BUFFER).0,
                 slot_freed: Notify::new(),
                 gate,
                 retrying: AtomicUsize::new(0),
@@ -460,12 +469,27 @@ impl<S: Store> Egress<S> {
         })
     }
 
-    fn shared(&self) -> MutexGuard<'_, Shared> {
-        // Plain numbers inside: a panic elsewhere cannot leave them half-updated.
-        self.inner
-            .shared
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+    fn state(&self) -> MutexGuard<'_, EgressState> {
+        self.inner.state()
+    }
+
+    /// A receiver of every [`EgressEvent`] from now on: quota alerts, pauses and resumes,
+    /// concurrency and circuit changes, retries, throttle alerts. A receiver that falls
+    /// more than 1024 events behind loses the oldest and is told how many
+    /// (`RecvError::Lagged`); the calls never wait for it.
+    pub fn subscribe(&self) -> broadcast::Receiver<EgressEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// A driver for one call of `job`: its attempts, and the retry policy's next step
+    /// after each (see [`Call`]).
+    pub fn call<'a>(&'a self, job: &'a Job) -> Call<'a, S> {
+        Call {
+            egress: self,
+            job,
+            started: self.now(),
+            attempts: 0,
+        }
     }
 
     /// The client's clock reading: the timeline of its pacing, quota and reports, and the
@@ -478,7 +502,8 @@ impl<S: Store> Egress<S> {
         self.inner.config.upstream.clone()
     }
 
-    /// Runs one call: `send` makes one attempt and is called again for each retry.
+    /// Runs one call: `send` makes one attempt and is called again for each retry, each
+    /// within [`RetryConfig::attempt_timeout`].
     ///
     /// Answers `Ok` with the upstream's last answer whenever there is one, successful or
     /// not (a 400 is the caller's to read; a 429 after the last retry too), and `Err` when
@@ -492,19 +517,10 @@ impl<S: Store> Egress<S> {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<Response<Bytes>, SendError>>,
     {
-        let timeout = self.inner.config.retry.attempt_timeout;
-        let started = self.now();
-        let mut attempts: u32 = 0;
+        let mut call = self.call(job);
         loop {
-            attempts += 1;
-            let attempt = self.attempt(job).await?;
-            let result = match tokio::time::timeout(timeout, send()).await {
-                Ok(result) => result,
-                Err(_) => Err(SendError {
-                    class: ErrorClass::Timeout,
-                    source: format!("no answer within {timeout:?}").into(),
-                }),
-            };
+            let attempt = call.attempt().await?;
+            let result = call.timed(send()).await;
             let report = match &result {
                 Ok(response) => {
                     attempt
@@ -513,28 +529,15 @@ impl<S: Store> Egress<S> {
                 }
                 Err(error) => attempt.failed(error).await,
             };
-            match self.next_step(job, attempts, started, &report) {
-                NextStep::Done | NextStep::GiveUp => {
-                    return result.map_err(|source| self.send_failed(attempts, source));
-                }
-                NextStep::RetryAfter(wait) => {
-                    let _retrying = Waiting::new(&self.inner.retrying);
-                    tokio::time::sleep(wait).await;
-                }
+            if !call.again(report).await {
+                return result.map_err(|source| call.send_failed(source));
             }
         }
     }
 
-    /// Waits until one attempt of `job` may be sent (circuit, quota, pace, a concurrency
-    /// slot), for callers that send it themselves, such as a proxy relaying a streamed
-    /// answer. Report how it went with [`Attempt::answered`] or [`Attempt::failed`], then
-    /// ask [`next_step`](Self::next_step); dropping the attempt unreported gives back its
-    /// slot and probe and learns nothing. [`execute`](Self::execute) is this loop.
-    ///
-    /// A streamed answer (reported without its body) keeps the slot in the report's
-    /// [`Settlement`] until the stream ends: keep the settlement with the stream you relay,
-    /// and settle it at its end.
-    pub async fn attempt<'a>(&'a self, job: &'a Job) -> Result<Attempt<'a, S>, EgressError> {
+    /// Waits until one attempt of `job` may be sent (circuit, quota, its turn, pace, a
+    /// concurrency slot).
+    async fn attempt<'a>(&'a self, job: &'a Job) -> Result<Attempt<'a, S>, EgressError> {
         let ticket = self.begin(job).await?;
         Ok(Attempt {
             job,
@@ -544,41 +547,6 @@ impl<S: Store> Egress<S> {
                 ticket: Some(ticket),
             },
         })
-    }
-
-    /// What to do after attempt number `attempts` (1 for the first) of a call that began
-    /// at `started` (an [`Egress::now`] reading) was reported: done, retry after a wait, or
-    /// give up (not retryable, or out of attempts or time).
-    pub fn next_step(
-        &self,
-        job: &Job,
-        attempts: u32,
-        started: Nanos,
-        report: &AttemptReport<'_, S>,
-    ) -> NextStep {
-        let Some(class) = report.failure else {
-            return NextStep::Done;
-        };
-        let config = &self.inner.config.retry;
-        let rules = RetryRules {
-            retry_non_idempotent: config.retry_non_idempotent,
-        };
-        let retryable = may_retry(class, job.idempotency, &rules, report.should_retry);
-        let wait = match report.retry_after {
-            Some(hint) => after_hint(hint, config.retry_after_spread, fastrand::f64()),
-            None => config
-                .backoff
-                .full_jitter(attempts.saturating_sub(1), fastrand::f64()),
-        };
-        let elapsed = self.now().saturating_since(started);
-        let upstream = &self.inner.config.upstream;
-        if !retryable || attempts >= config.max_attempts || elapsed + wait > config.max_elapsed {
-            tracing::debug!(%upstream, class = class.name(), attempts, retryable, "giving up");
-            return NextStep::GiveUp;
-        }
-        tracing::debug!(%upstream, class = class.name(), attempts, wait_ms = wait.as_millis(), "retrying");
-        self.inner.counters.retried.fetch_add(1, Ordering::Relaxed);
-        NextStep::RetryAfter(wait)
     }
 
     /// [`execute`](Self::execute), shared with identical calls in flight: while a call with
@@ -614,14 +582,6 @@ impl<S: Store> Egress<S> {
         })
     }
 
-    fn send_failed(&self, attempts: u32, source: SendError) -> EgressError {
-        EgressError::Send {
-            upstream: self.upstream(),
-            attempts,
-            source,
-        }
-    }
-
     /// Waits until one attempt may be sent: circuit, quota, pace, a concurrency slot.
     async fn begin(&self, job: &Job) -> Result<Ticket, EgressError> {
         let (_waiting, waiting) = Waiting::counted(&self.inner.waiting);
@@ -636,19 +596,29 @@ impl<S: Store> Egress<S> {
             .plus_nanos(sluice_core::time::duration_nanos(job.max_wait));
         self.check_circuit()?;
         self.wait_for_quota(job, deadline).await?;
+        // Every wait in line ends at the deadline: a caller that reaches it leaves at once.
+        let waited_too_long = |waiting_for| {
+            self.reject(EgressError::WaitedTooLong {
+                upstream: self.upstream(),
+                waiting_for,
+                max_wait: job.max_wait,
+            })
+        };
+        let give_up_at = self.inner.clock.instant_at(deadline);
         // One caller at a time reserves, waits out its pace and takes a slot, in order of
         // priority and then tenant by tenant: a late interactive call overtakes the batch.
-        let turn = self
-            .inner
-            .gate
-            .enter(job.priority, job.tenant.as_deref())
-            .await
-            .map_err(|full| {
-                self.reject(EgressError::Overloaded {
-                    upstream: self.upstream(),
-                    waiting: full.waiting,
-                })
-            })?;
+        let entered = tokio::time::timeout_at(
+            give_up_at,
+            self.inner.gate.enter(job.priority, job.tenant.as_deref()),
+        )
+        .await
+        .map_err(|_| waited_too_long("its turn"))?;
+        let turn = entered.map_err(|full| {
+            self.reject(EgressError::Overloaded {
+                upstream: self.upstream(),
+                waiting: full.waiting,
+            })
+        })?;
         let max_wait = deadline.saturating_since(self.now());
         let paced = match self
             .inner
@@ -673,26 +643,21 @@ impl<S: Store> Egress<S> {
         if !paced.wait.is_zero() {
             tokio::time::sleep(paced.wait).await;
         }
-        let slot = self.slot().await;
+        let Ok(slot) = tokio::time::timeout_at(give_up_at, self.slot()).await else {
+            drop(turn);
+            self.cancel_pace(&paced).await;
+            return Err(waited_too_long("a concurrency slot"));
+        };
         drop(turn);
         let now = self.now();
-        let acquired = {
-            let mut shared = self.shared();
-            match shared.breaker.try_acquire(now) {
-                Ok(permit) => Ok((permit, shared.quota.record_sent(1, job.tokens, now))),
-                Err(rejected) => Err(rejected.retry_after(now).unwrap_or_default()),
-            }
-        };
+        let mut events = Vec::new();
+        let acquired = self.state().send(job.tokens, now, &mut events);
+        self.inner.emit(events);
         let permit = match acquired {
-            Ok((permit, events)) => {
-                log_events(&self.inner.config.upstream, &events);
-                permit
-            }
+            Ok(permit) => permit,
             Err(retry_after) => {
                 self.release_slot(slot);
-                if let Err(e) = self.inner.pacer.cancel(&paced).await {
-                    tracing::debug!(upstream = %self.inner.config.upstream, error = %e, "could not give back a reservation");
-                }
+                self.cancel_pace(&paced).await;
                 return Err(self.reject(EgressError::CircuitOpen {
                     upstream: self.upstream(),
                     retry_after,
@@ -708,8 +673,14 @@ impl<S: Store> Egress<S> {
     }
 
     fn release_slot(&self, slot: Slot) {
-        self.shared().concurrency.release(slot);
+        self.state().release(slot);
         self.inner.slot_freed.notify_one();
+    }
+
+    async fn cancel_pace(&self, paced: &Paced) {
+        if let Err(e) = self.inner.pacer.cancel(paced).await {
+            tracing::debug!(upstream = %self.inner.config.upstream, error = %e, "could not give back a reservation");
+        }
     }
 
     fn reject(&self, error: EgressError) -> EgressError {
@@ -718,21 +689,21 @@ impl<S: Store> Egress<S> {
     }
 
     fn check_circuit(&self) -> Result<(), EgressError> {
-        let now = self.now();
-        let state = self.shared().breaker.state_at(now);
-        if let BreakerState::Open { until } = state {
-            return Err(self.reject(EgressError::CircuitOpen {
+        let mut events = Vec::new();
+        let circuit = self.state().circuit(self.now(), &mut events);
+        self.inner.emit(events);
+        circuit.map_err(|retry_after| {
+            self.reject(EgressError::CircuitOpen {
                 upstream: self.upstream(),
-                retry_after: until.saturating_since(now),
-            }));
-        }
-        Ok(())
+                retry_after,
+            })
+        })
     }
 
     async fn wait_for_quota(&self, job: &Job, deadline: Nanos) -> Result<(), EgressError> {
         loop {
             let now = self.now();
-            let admission = self.shared().quota.admit(job.priority, now);
+            let admission = self.state().admit(job.priority, now);
             let Admission::Wait {
                 until,
                 dimension,
@@ -758,7 +729,7 @@ impl<S: Store> Egress<S> {
     async fn slot(&self) -> Slot {
         loop {
             let freed = self.inner.slot_freed.notified();
-            if let Some(slot) = self.shared().concurrency.try_acquire() {
+            if let Some(slot) = self.state().try_slot() {
                 return slot;
             }
             freed.await;
@@ -811,41 +782,29 @@ impl<S: Store> Egress<S> {
         if let Some(signals) = &signals {
             self.inner.pacer.observe(signals, now);
         }
-        let (events, held, free) = {
-            let mut shared = self.shared();
-            let mut events = match &signals {
-                Some(signals) => shared.quota.observe(signals, now),
-                None => Vec::new(),
-            };
-            if let Some(used) = used {
-                events.extend(shared.quota.record_settled(job.tokens, used, now));
-            }
-            // The breaker hears at the head (the upstream answered, so it is up); the
-            // concurrency limit hears when the call ends, at the end of a stream.
-            let held = match outcome {
-                Outcome::Success => {
-                    shared.breaker.on_success(permit, now);
-                    if streams {
-                        Some(slot)
-                    } else {
-                        shared.concurrency.on_success(slot, latency, now);
-                        None
-                    }
-                }
-                Outcome::Failure(class) => {
-                    shared.concurrency.on_failure(slot, class, now);
-                    if class.counts_against_breaker() {
-                        shared.breaker.on_failure(permit, now);
-                    } else {
-                        // It answered: whatever it said, the upstream is up.
-                        shared.breaker.on_success(permit, now);
-                    }
-                    None
-                }
-            };
-            self.persist_if_due(&mut shared, now);
-            (events, held, free_slots(&shared))
+        let mut events = Vec::new();
+        let (held, free, snapshot) = {
+            let mut state = self.state();
+            let held = state.answered(
+                Answered {
+                    slot,
+                    permit,
+                    outcome,
+                    latency,
+                    signals: signals.as_ref(),
+                    estimate: job.tokens,
+                    used,
+                    streams,
+                },
+                now,
+                &mut events,
+            );
+            (held, state.free_slots(), state.snapshot_if_due(now))
         };
+        // Written by the state file's own thread, after the lock is released.
+        if let (Some(file), Some(snapshot)) = (&self.inner.state_file, snapshot) {
+            file.offer(snapshot);
+        }
         // Held before anything else is awaited, so that a dropped call gives it back.
         let in_flight = held.map(|slot| InFlight {
             egress: self,
@@ -853,7 +812,7 @@ impl<S: Store> Egress<S> {
             sent_at,
         });
         wake_waiters(&self.inner, free);
-        log_events(&self.inner.config.upstream, &events);
+        self.inner.emit(events);
         // A streamed answer's usage comes at its end: the caller settles it then.
         let settlement = Settlement {
             egress: self,
@@ -910,26 +869,14 @@ impl<S: Store> Egress<S> {
         }
     }
 
-    fn persist_if_due(&self, shared: &mut Shared, now: Nanos) {
-        let Some(path) = &self.inner.config.state_file else {
-            return;
-        };
-        let due = shared
-            .persisted_at
-            .is_none_or(|at| now.saturating_since(at) >= self.inner.config.persist_every);
-        if !due {
-            return;
-        }
-        shared.persisted_at = Some(now);
-        if let Err(e) = shared.quota.persist(path) {
-            tracing::warn!(upstream = %self.inner.config.upstream, error = %e, "could not persist the quota state");
-        }
-    }
-
-    /// Writes the quota state to the state file now (call before exiting).
+    /// Writes the quota state to the state file now, after any write in flight (call
+    /// before exiting).
     pub fn flush(&self) -> Result<(), QuotaError> {
-        match &self.inner.config.state_file {
-            Some(path) => self.shared().quota.persist(path),
+        match &self.inner.state_file {
+            Some(file) => {
+                let snapshot = self.state().snapshot();
+                file.flush(&snapshot)
+            }
             None => Ok(()),
         }
     }
@@ -938,15 +885,15 @@ impl<S: Store> Egress<S> {
     pub fn stats(&self) -> EgressStats {
         let now = self.now();
         let c = &self.inner.counters;
-        let shared = self.shared();
+        let state = self.state();
         EgressStats {
             waiting: self.inner.waiting.load(Ordering::Acquire),
             retrying: self.inner.retrying.load(Ordering::Acquire),
-            in_flight: shared.concurrency.in_flight(),
-            concurrency_limit: shared.concurrency.limit(),
+            in_flight: state.in_flight(),
+            concurrency_limit: state.concurrency_limit(),
             pace: self.inner.pacer.view(now),
-            circuit: shared.breaker.state_at(now),
-            quota: shared.quota.usage(now),
+            circuit: state.circuit_at(now),
+            quota: state.usage(now),
             attempts: c.attempts.load(Ordering::Relaxed),
             succeeded: c.succeeded.load(Ordering::Relaxed),
             retried: c.retried.load(Ordering::Relaxed),
@@ -982,10 +929,7 @@ impl<S> Drop for Guard<'_, S> {
     fn drop(&mut self) {
         if let Some(Ticket { slot, permit, .. }) = self.ticket.take() {
             let inner = &self.egress.inner;
-            let mut shared = inner.shared.lock().unwrap_or_else(PoisonError::into_inner);
-            shared.concurrency.release(slot);
-            shared.breaker.release(permit);
-            drop(shared);
+            inner.state().abandon(slot, permit);
             inner.slot_freed.notify_one();
         }
     }
@@ -1003,7 +947,7 @@ enum Answer<'b> {
     Failed(&'b SendError),
 }
 
-/// One attempt in progress, from [`Egress::attempt`]: it holds its pace reservation, its
+/// One attempt in progress, from [`Call::attempt`]: it holds its pace reservation, its
 /// concurrency slot and, while the circuit is half-open, its probe.
 #[must_use = "report the attempt with answered() or failed()"]
 pub struct Attempt<'a, S: Store> {
@@ -1029,7 +973,7 @@ impl<'a, S: Store> Attempt<'a, S> {
     /// A successful answer given without its body is a stream: the call keeps its
     /// concurrency slot, held by the settlement, until the stream ends, and the adaptive
     /// limit learns its outcome and latency then. The circuit breaker, the counters and
-    /// [`Egress::next_step`] take the head's word at once.
+    /// [`Call::next_step`] take the head's word at once.
     pub async fn answered(
         self,
         status: StatusCode,
@@ -1063,7 +1007,7 @@ impl<'a, S: Store> Attempt<'a, S> {
     }
 }
 
-/// How an attempt went, as [`Egress::next_step`] needs it.
+/// How an attempt went, as [`Call::next_step`] needs it.
 #[derive(Debug)]
 pub struct AttemptReport<'a, S: Store> {
     /// The failure's class; `None` for a success.
@@ -1154,24 +1098,14 @@ impl<S: Store> Settlement<'_, S> {
         drop(in_flight);
         if count {
             let now = egress.now();
-            let events = egress.shared().quota.record_settled(estimate, used, now);
-            log_events(&egress.inner.config.upstream, &events);
+            let mut events = Vec::new();
+            egress.state().settled(estimate, used, now, &mut events);
+            egress.inner.emit(events);
         }
         if let Err(e) = egress.inner.pacer.settle(&paced, used).await {
             tracing::warn!(upstream = %egress.inner.config.upstream, error = %e, "could not settle the tokens of a call");
         }
     }
-}
-
-/// How a streamed call ended, for the concurrency limit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum StreamEnd {
-    /// It ended normally: a success.
-    Completed,
-    /// The upstream's stream failed with this class.
-    BrokeOff(ErrorClass),
-    /// The reader went away: nothing to learn.
-    Abandoned,
 }
 
 /// A streamed call's concurrency slot, held from its head until its end and given back
@@ -1191,19 +1125,15 @@ impl<S> InFlight<'_, S> {
         };
         let inner = &self.egress.inner;
         let now = inner.clock.now();
+        let latency = now.saturating_since(self.sent_at);
+        let mut events = Vec::new();
         let free = {
-            let mut shared = inner.shared.lock().unwrap_or_else(PoisonError::into_inner);
-            match end {
-                StreamEnd::Completed => {
-                    let latency = now.saturating_since(self.sent_at);
-                    shared.concurrency.on_success(slot, latency, now);
-                }
-                StreamEnd::BrokeOff(class) => shared.concurrency.on_failure(slot, class, now),
-                StreamEnd::Abandoned => shared.concurrency.release(slot),
-            }
-            free_slots(&shared)
+            let mut state = inner.state();
+            state.stream_ended(slot, end, latency, now, &mut events);
+            state.free_slots()
         };
         wake_waiters(inner, free);
+        self.egress.inner.emit(events);
     }
 }
 
@@ -1213,31 +1143,12 @@ impl<S> Drop for InFlight<'_, S> {
     }
 }
 
-/// Slots free under the current limit.
-fn free_slots(shared: &Shared) -> u32 {
-    shared
-        .concurrency
-        .limit()
-        .saturating_sub(shared.concurrency.in_flight())
-}
-
 /// Wakes one caller waiting for a slot per free slot (at least one: the limit may have
 /// risen), up to 64.
 fn wake_waiters<S>(inner: &Inner<S>, free: u32) {
     for _ in 0..free.clamp(1, 64) {
         inner.slot_freed.notify_one();
     }
-}
-
-/// What [`Egress::next_step`] advises after an attempt.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NextStep {
-    /// It succeeded.
-    Done,
-    /// Try again after this wait.
-    RetryAfter(Duration),
-    /// It failed, and another attempt is not allowed or not worth it.
-    GiveUp,
 }
 
 /// Counts a call in a gauge until it is dropped, whichever way the wait ends.
@@ -1261,9 +1172,174 @@ impl Drop for Waiting<'_> {
     }
 }
 
-fn log_events(upstream: &str, events: &[QuotaEvent]) {
-    for event in events {
-        event.log(upstream);
+impl<S> Inner<S> {
+    /// Logs `events` and sends them to the subscribers.
+    fn emit(&self, events: Vec<EgressEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        let upstream = &self.config.upstream;
+        let subscribed = self.events.receiver_count() > 0;
+        for event in events {
+            event.log(upstream);
+            if subscribed {
+                // Only fails when the last subscriber left meanwhile.
+                let _ = self.events.send(event);
+            }
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, EgressState> {
+        // Plain numbers inside: a panic elsewhere cannot leave them half-updated.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The one driver of a call's attempts, from [`Egress::call`]: the library's
+/// [`Egress::execute`], the proxy's streaming relay and the batch engine all run their
+/// attempts through it, so one retry policy ([`RetryConfig`]) decides for all three.
+///
+/// An open loop, for callers that send themselves:
+///
+/// ```text
+/// loop {
+///     let attempt = call.attempt().await?;        // waits: circuit, quota, turn, pace, slot
+///     let report = attempt.answered(status, &headers, body).await;   // or failed(&error)
+///     if !call.again(report).await { break }      // backs off, or says it is over
+/// }
+/// ```
+///
+/// [`next_step`](Self::next_step) and [`back_off`](Self::back_off) are the two halves of
+/// [`again`](Self::again), for a caller that must do something between them (a proxy
+/// that answers before it would wait).
+#[derive(Debug)]
+pub struct Call<'a, S> {
+    egress: &'a Egress<S>,
+    job: &'a Job,
+    started: Nanos,
+    attempts: u32,
+}
+
+/// How long a call turned away before sending (too many waiting, circuit open) waits
+/// before it asks again, when it keeps trying ([`RetryConfig::until_processed`]).
+const REFUSED_PAUSE: Duration = Duration::from_secs(1);
+
+impl<'a, S: Store> Call<'a, S> {
+    /// Waits until the next attempt may be sent. With [`RetryConfig::until_processed`],
+    /// an open circuit or a full line is waited out while the retry budget lasts.
+    pub async fn attempt(&mut self) -> Result<Attempt<'a, S>, EgressError> {
+        loop {
+            match self.egress.attempt(self.job).await {
+                Ok(attempt) => {
+                    self.attempts += 1;
+                    return Ok(attempt);
+                }
+                Err(error) => {
+                    let retry = &self.egress.inner.config.retry;
+                    let wait = match &error {
+                        EgressError::CircuitOpen { retry_after, .. } => *retry_after,
+                        EgressError::Overloaded { .. } => REFUSED_PAUSE,
+                        _ => return Err(error),
+                    };
+                    let elapsed = self.egress.now().saturating_since(self.started);
+                    if !retry.until_processed || elapsed.saturating_add(wait) > retry.max_elapsed {
+                        return Err(error);
+                    }
+                    self.back_off(wait.max(Duration::from_millis(1))).await;
+                }
+            }
+        }
+    }
+
+    /// `send`'s result within [`RetryConfig::attempt_timeout`]; past it, a
+    /// [`ErrorClass::Timeout`] failure.
+    pub async fn timed<T>(
+        &self,
+        send: impl Future<Output = Result<T, SendError>>,
+    ) -> Result<T, SendError> {
+        let timeout = self.egress.inner.config.retry.attempt_timeout;
+        match tokio::time::timeout(timeout, send).await {
+            Ok(result) => result,
+            Err(_) => Err(SendError {
+                class: ErrorClass::Timeout,
+                source: format!("no answer within {timeout:?}").into(),
+            }),
+        }
+    }
+
+    /// Attempts sent so far.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// After `report`: `true` once the backoff before another attempt is over, `false`
+    /// when the call is over (done, or given up).
+    pub async fn again(&mut self, report: AttemptReport<'_, S>) -> bool {
+        match self.next_step(&report) {
+            NextStep::RetryAfter(wait) => {
+                drop(report);
+                self.back_off(wait).await;
+                true
+            }
+            NextStep::Done | NextStep::GiveUp => false,
+        }
+    }
+
+    /// What to do after the attempt `report` tells of: done, retry after a wait (an
+    /// [`EgressEvent::Retry`]), or give up (not retryable, or out of attempts or time).
+    pub fn next_step(&mut self, report: &AttemptReport<'_, S>) -> NextStep {
+        let Some(class) = report.failure else {
+            return NextStep::Done;
+        };
+        let egress = self.egress;
+        let failure = Failure {
+            class,
+            idempotency: self.job.idempotency,
+            retry_after: report.retry_after,
+            should_retry: report.should_retry,
+        };
+        let elapsed = egress.now().saturating_since(self.started);
+        let step =
+            egress
+                .inner
+                .config
+                .retry
+                .next_step(&failure, self.attempts, elapsed, fastrand::f64());
+        match step {
+            NextStep::RetryAfter(wait) => {
+                egress
+                    .inner
+                    .counters
+                    .retried
+                    .fetch_add(1, Ordering::Relaxed);
+                egress.inner.emit(vec![EgressEvent::Retry {
+                    attempt: self.attempts,
+                    class,
+                    wait,
+                }]);
+            }
+            _ => {
+                let upstream = &egress.inner.config.upstream;
+                tracing::debug!(%upstream, class = class.name(), attempts = self.attempts, "giving up");
+            }
+        }
+        step
+    }
+
+    /// Waits `wait` before the next attempt, counted among the calls backing off (which
+    /// wait apart, so they never hold up fresh work).
+    pub async fn back_off(&self, wait: Duration) {
+        let _retrying = Waiting::new(&self.egress.inner.retrying);
+        tokio::time::sleep(wait).await;
+    }
+
+    /// The error of a call whose last attempt got no answer.
+    pub fn send_failed(&self, source: SendError) -> EgressError {
+        EgressError::Send {
+            upstream: self.egress.upstream(),
+            attempts: self.attempts,
+            source,
+        }
     }
 }
 
@@ -1299,7 +1375,7 @@ mod tests {
         egress: &'a Egress,
         job: &'a Job,
     ) -> Settlement<'a, MemoryStore<TokioClock>> {
-        let attempt = egress.attempt(job).await.expect("an attempt");
+        let attempt = egress.call(job).attempt().await.expect("an attempt");
         let report = attempt
             .answered(StatusCode::OK, &HeaderMap::new(), None)
             .await;
@@ -1315,7 +1391,8 @@ mod tests {
         let b = stream(&egress, &job).await;
         assert!(a.holds_slot() && b.holds_slot());
         assert_eq!(egress.stats().in_flight, 2, "both streams hold their slot");
-        let third = tokio::time::timeout(Duration::from_secs(1), egress.attempt(&job)).await;
+        let mut call = egress.call(&job);
+        let third = tokio::time::timeout(Duration::from_secs(1), call.attempt()).await;
         assert!(third.is_err(), "no third call while two stream");
         // Settled, then dropped: one slot back, not two (b still holds its own).
         a.settle_to(Some(10)).await;
@@ -1332,7 +1409,7 @@ mod tests {
         drop(d);
         assert_eq!(egress.stats().in_flight, 0);
         // An answer read whole holds nothing past its report.
-        let attempt = egress.attempt(&job).await.expect("an attempt");
+        let attempt = egress.call(&job).attempt().await.expect("an attempt");
         let report = attempt
             .answered(StatusCode::OK, &HeaderMap::new(), Some(b"{}"))
             .await;

@@ -31,6 +31,13 @@
 //!   as evidence and creep up to `max`, and the first burst after would hit the upstream
 //!   with a limit nothing had tested. Netflix's `concurrency-limits` (`AIMDLimit`) uses the
 //!   same half-the-limit test.
+//! - **Health** ([`HealthRule`], on by default). Over the last `window` calls, a share of
+//!   failures above `decrease_above_errors` (20 %) decreases the limit as congestion does,
+//!   and so does quota usage above `decrease_above_quota` (90 %, from
+//!   [`observe_quota`](AdaptiveConcurrency::observe_quota)); the limit grows only while at
+//!   least `increase_above_success` (95 %) of those calls succeeded and quota usage is
+//!   below `increase_below_quota` (50 %). Bad requests say nothing about the upstream's
+//!   health and are not counted.
 //!
 //! ```
 //! use std::time::Duration;
@@ -81,11 +88,43 @@ pub struct ConcurrencyConfig {
     /// of failures is one decrease even for calls sent after it. Zero relies on the
     /// sent-before-the-decrease rule alone.
     pub decrease_cooldown: Duration,
+    /// Also follow the recent error rate and quota usage; `None` turns that off.
+    pub health: Option<HealthRule>,
+}
+
+/// When the error rate and quota usage move the limit (see the [module docs](self)).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct HealthRule {
+    /// Over how many recent calls the shares are taken, 1 to 128. No share is judged
+    /// before a quarter of them (at least one) have been seen.
+    pub window: u32,
+    /// Decrease when more than this share of the recent calls failed, in `[0, 1]`.
+    pub decrease_above_errors: f64,
+    /// Grow only while at least this share of the recent calls succeeded, in `[0, 1]`.
+    pub increase_above_success: f64,
+    /// Decrease when the most used quota dimension is above this share, in `[0, 1]`.
+    pub decrease_above_quota: f64,
+    /// Grow only while the most used quota dimension is below this share, in `[0, 1]`.
+    pub increase_below_quota: f64,
+}
+
+impl Default for HealthRule {
+    /// Over the last 100 calls: down above 20 % errors or 90 % quota, up only at 95 %
+    /// success and below 50 % quota.
+    fn default() -> Self {
+        Self {
+            window: 100,
+            decrease_above_errors: 0.2,
+            increase_above_success: 0.95,
+            decrease_above_quota: 0.9,
+            increase_below_quota: 0.5,
+        }
+    }
 }
 
 impl Default for ConcurrencyConfig {
     /// Starts at 10, between 1 and 100; decreases by 0.75 at most once a second; +1 per
-    /// limit's worth of successes; no latency rule.
+    /// limit's worth of successes; no latency rule; the default [`HealthRule`].
     fn default() -> Self {
         Self {
             initial: 10,
@@ -95,6 +134,7 @@ impl Default for ConcurrencyConfig {
             successes_per_increase: None,
             latency: None,
             decrease_cooldown: Duration::from_secs(1),
+            health: Some(HealthRule::default()),
         }
     }
 }
@@ -128,6 +168,21 @@ impl ConcurrencyConfig {
             && !(rule.tolerance.is_finite() && rule.tolerance > 1.0)
         {
             return Err(ConcurrencyError::ToleranceOutOfRange(rule.tolerance));
+        }
+        if let Some(health) = &self.health {
+            if !(1..=128).contains(&health.window) {
+                return Err(ConcurrencyError::HealthWindow(health.window));
+            }
+            for (field, share) in [
+                ("decrease_above_errors", health.decrease_above_errors),
+                ("increase_above_success", health.increase_above_success),
+                ("decrease_above_quota", health.decrease_above_quota),
+                ("increase_below_quota", health.increase_below_quota),
+            ] {
+                if !(0.0..=1.0).contains(&share) {
+                    return Err(ConcurrencyError::HealthShare { field, share });
+                }
+            }
         }
         Ok(())
     }
@@ -201,6 +256,17 @@ pub enum ConcurrencyError {
     /// `latency.tolerance` is not a finite number above 1.
     #[error("concurrency.latency.tolerance must be a finite number above 1, got {0}")]
     ToleranceOutOfRange(f64),
+    /// `health.window` is not between 1 and 128.
+    #[error("concurrency.health.window must be between 1 and 128, got {0}")]
+    HealthWindow(u32),
+    /// A share of `health` is not within `[0, 1]`.
+    #[error("concurrency.health.{field} must be a share between 0 and 1, got {share}")]
+    HealthShare {
+        /// The field.
+        field: &'static str,
+        /// Its value.
+        share: f64,
+    },
 }
 
 /// Permission for one call, from [`AdaptiveConcurrency::try_acquire`].
@@ -232,6 +298,13 @@ pub struct AdaptiveConcurrency {
     epoch: u64,
     /// The latency baseline in seconds, once a success has been seen.
     baseline: Option<f64>,
+    health: Option<HealthRule>,
+    /// The latest calls' outcomes, newest in bit 0, a set bit for a failure.
+    outcomes: u128,
+    /// How many outcomes `outcomes` holds, at most the rule's window.
+    outcome_count: u32,
+    /// The most used quota dimension's share, from [`AdaptiveConcurrency::observe_quota`].
+    quota_used: f64,
 }
 
 /// How far a slower success moves the baseline towards itself.
@@ -252,6 +325,10 @@ impl AdaptiveConcurrency {
             run: 0,
             epoch: 0,
             baseline: None,
+            health: config.health,
+            outcomes: 0,
+            outcome_count: 0,
+            quota_used: 0.0,
         })
     }
 
@@ -286,11 +363,12 @@ impl AdaptiveConcurrency {
     pub fn on_success(&mut self, slot: Slot, latency: Duration, now: Nanos) {
         let in_use = self.was_in_use(&slot);
         self.free(&slot);
-        if self.observe_latency(latency) {
+        self.record(false);
+        if self.observe_latency(latency) || self.unhealthy() {
             self.congestion(&slot, now);
             return;
         }
-        if !in_use {
+        if !in_use || !self.may_grow() {
             return;
         }
         self.run = self.run.saturating_add(1);
@@ -309,9 +387,69 @@ impl AdaptiveConcurrency {
     /// any other class only frees the slot.
     pub fn on_failure(&mut self, slot: Slot, class: ErrorClass, now: Nanos) {
         self.free(&slot);
-        if class.is_congestion() || class == ErrorClass::Timeout {
+        if class != ErrorClass::NotRetryable {
+            self.record(true);
+        }
+        if class.is_congestion() || class == ErrorClass::Timeout || self.unhealthy() {
             self.congestion(&slot, now);
         }
+    }
+
+    /// Tells the limit how much of the quota is used: the most used dimension's share, in
+    /// `[0, 1]` (clamped; NaN counts as 0). With a [`HealthRule`], usage above its
+    /// `decrease_above_quota` decreases the limit at the next call's end, and usage at or
+    /// above `increase_below_quota` stops it growing.
+    pub fn observe_quota(&mut self, used: f64) {
+        self.quota_used = if used.is_nan() {
+            0.0
+        } else {
+            used.clamp(0.0, 1.0)
+        };
+    }
+
+    /// The share of the recent calls that failed, once enough have been seen.
+    pub fn error_rate(&self) -> Option<f64> {
+        let health = self.health?;
+        if self.outcome_count == 0 || self.outcome_count < health.window.div_ceil(4) {
+            return None;
+        }
+        Some(f64::from(self.outcomes.count_ones()) / f64::from(self.outcome_count))
+    }
+
+    fn record(&mut self, failed: bool) {
+        let Some(health) = self.health else {
+            return;
+        };
+        let window = health.window.min(128);
+        let mask = if window >= 128 {
+            u128::MAX
+        } else {
+            (1u128 << window) - 1
+        };
+        self.outcomes = ((self.outcomes << 1) | u128::from(failed)) & mask;
+        self.outcome_count = (self.outcome_count + 1).min(window);
+    }
+
+    /// Whether the error rate or the quota usage calls for a decrease.
+    fn unhealthy(&self) -> bool {
+        let Some(health) = self.health else {
+            return false;
+        };
+        self.quota_used > health.decrease_above_quota
+            || self
+                .error_rate()
+                .is_some_and(|rate| rate > health.decrease_above_errors)
+    }
+
+    /// Whether the error rate and the quota usage let the limit grow.
+    fn may_grow(&self) -> bool {
+        let Some(health) = self.health else {
+            return true;
+        };
+        self.quota_used < health.increase_below_quota
+            && self
+                .error_rate()
+                .is_none_or(|rate| 1.0 - rate >= health.increase_above_success)
     }
 
     /// Frees the slot of a call that ended without an answer (cancelled): no signal.
@@ -379,6 +517,7 @@ mod tests {
             successes_per_increase: None,
             latency: None,
             decrease_cooldown: Duration::from_millis(100),
+            health: None,
         }
     }
 
@@ -711,6 +850,7 @@ mod tests {
             per in proptest::option::of(1_u32..5),
             tolerance in proptest::option::of(1.1_f64..4.0),
             cooldown_ms in 0_u64..1_000,
+            health in any::<bool>(),
             events in proptest::collection::vec(event(), 0..300),
         ) {
             let max = min + span;
@@ -722,6 +862,7 @@ mod tests {
                 successes_per_increase: per,
                 latency: tolerance.map(|tolerance| LatencyRule { tolerance }),
                 decrease_cooldown: Duration::from_millis(cooldown_ms),
+                health: health.then(HealthRule::default),
             };
             let mut l = AdaptiveConcurrency::new(config).unwrap();
             let mut held: Vec<Slot> = Vec::new();

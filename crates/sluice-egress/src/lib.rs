@@ -14,6 +14,7 @@ pub mod client;
 pub mod clock;
 pub mod coalesce;
 pub mod concurrency;
+pub mod events;
 pub mod gate;
 pub mod job;
 pub mod layer;
@@ -24,12 +25,18 @@ pub mod proxy;
 pub mod quota;
 #[cfg(feature = "reqwest")]
 pub mod reqwest;
+pub mod retry;
+mod state;
+mod state_file;
 #[cfg(any(feature = "rustls", feature = "proxy-tls"))]
 mod tls;
 pub mod usage;
 
 pub use client::{
-    Egress, EgressConfig, EgressConfigError, EgressError, EgressStats, Job, RetryConfig, SendError,
+    Call, Egress, EgressConfig, EgressConfigError, EgressError, EgressStats, Job, SendError,
 };
 pub use clock::TokioClock;
+pub use events::EgressEvent;
 pub use job::Priority;
+pub use retry::{ClassBackoff, NextStep, RetryConfig};
+pub use state::ThrottleAlertConfig;

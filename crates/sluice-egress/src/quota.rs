@@ -3,7 +3,8 @@
 //!
 //! Pure: every method takes `now` (wall-clock nanoseconds since the Unix epoch, so that a
 //! persisted reset instant still means something after a restart) and nothing reads a
-//! clock. The only I/O is [`QuotaMonitor::persist`] and [`QuotaMonitor::load`].
+//! clock, and no I/O: [`QuotaMonitor::snapshot`] and [`QuotaMonitor::restore`] turn it into
+//! a [`QuotaState`] and back, which the client's state file keeps.
 //!
 //! # Dimensions and where their numbers come from
 //!
@@ -39,10 +40,8 @@
 //! upstream says nothing remains) everyone waits.
 
 use std::fmt;
-use std::fs;
-use std::io::{self, Write as _};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::io;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize, Serializer};
 use sluice_core::Nanos;
@@ -921,90 +920,6 @@ impl QuotaMonitor {
         Ok(monitor)
     }
 
-    /// Writes the state to `path` as JSON: to a temporary file in the same directory, then
-    /// renamed over `path`, so that a crash leaves the old file or the new one, never half
-    /// of one.
-    pub fn persist(&self, path: &Path) -> Result<(), QuotaError> {
-        let io_error = |source| QuotaError::Io {
-            path: path.to_owned(),
-            source,
-        };
-        let Some(name) = path.file_name() else {
-            return Err(io_error(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "not a file path",
-            )));
-        };
-        let json = serde_json::to_vec_pretty(&self.snapshot())
-            .map_err(|e| io_error(io::Error::other(e)))?;
-        // Unique per process and call: two monitors persisting at once never share a file.
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let mut temp_name = std::ffi::OsString::from(".");
-        temp_name.push(name);
-        temp_name.push(format!(
-            ".{}.{}.tmp",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let temp = path.with_file_name(temp_name);
-        let written = (|| {
-            let mut file = fs::File::create(&temp)?;
-            file.write_all(&json)?;
-            file.sync_all()?;
-            fs::rename(&temp, path)
-        })();
-        if let Err(source) = written {
-            let _ = fs::remove_file(&temp);
-            return Err(io_error(source));
-        }
-        // Make the rename itself durable; not every platform can open a directory.
-        let dir = match path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir,
-            _ => Path::new("."),
-        };
-        if let Ok(dir) = fs::File::open(dir) {
-            let _ = dir.sync_all();
-        }
-        Ok(())
-    }
-
-    /// A monitor from the state file at `path`: a fresh one when the file does not exist,
-    /// an error naming the file and the fault when it cannot be read or parsed.
-    pub fn load(config: QuotaConfig, path: &Path, now: Nanos) -> Result<Self, QuotaError> {
-        config.validate()?;
-        let bytes = match fs::read(path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Self::new(config),
-            Err(source) => {
-                return Err(QuotaError::Io {
-                    path: path.to_owned(),
-                    source,
-                });
-            }
-        };
-        let corrupt = |reason: String| QuotaError::Corrupt {
-            path: path.to_owned(),
-            reason,
-        };
-        // The version first, so that a newer format says so instead of failing field by field.
-        #[derive(Deserialize)]
-        struct Versioned {
-            version: u32,
-        }
-        let versioned: Versioned =
-            serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
-        if versioned.version != QuotaState::VERSION {
-            return Err(corrupt(format!(
-                "version {} is not supported (expected {})",
-                versioned.version,
-                QuotaState::VERSION
-            )));
-        }
-        let state: QuotaState =
-            serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
-        Self::restore(config, state, now)
-    }
-
     /// Ends the windows that are over, applies `change`, then reports what changed.
     fn step(
         &mut self,
@@ -1616,87 +1531,12 @@ mod tests {
     }
 
     #[test]
-    fn a_persisted_state_survives_a_restart() {
-        let dir = sluice_testkit::temp_dir("quota-persist");
-        let path = dir.join("quota.json");
-        let config = QuotaConfig {
-            requests_per_minute: Some(1000),
-            requests_per_day: Some(1000),
-            ..QuotaConfig::default()
-        };
-        let mut m = QuotaMonitor::load(config.clone(), &path, at(0)).unwrap();
-        assert_eq!(
-            m.usage(at(0)).iter().map(|u| u.used).sum::<u64>(),
-            0,
-            "no file: fresh"
-        );
-        assert_eq!(alerts(&m.record_sent(700, 0, at(0))).len(), 2);
-        m.persist(&path).unwrap();
-        m.record_sent(1, 0, at(1));
-        m.persist(&path).unwrap();
-        let names: Vec<_> = fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, ["quota.json"], "no temporary file left behind");
-        let text = fs::read_to_string(&path).unwrap();
-        assert!(text.contains("\"version\": 1"), "{text}");
-
-        // Restarted within the minute: both windows continue, alerts stay fired.
-        let mut m = QuotaMonitor::load(config.clone(), &path, at(30)).unwrap();
-        assert_eq!(usage(&m, RPM, at(30)).used, 701);
-        assert_eq!(m.record_sent(1, 0, at(30)), []);
-
-        // Restarted after the minute: it starts empty, the day's budget is still spent.
-        let mut m = QuotaMonitor::load(config, &path, at(61)).unwrap();
-        assert_eq!(usage(&m, RPM, at(61)).used, 0);
-        assert_eq!(usage(&m, RPM, at(61)).resets_at, None);
-        assert_eq!(usage(&m, Dimension::RequestsPerDay, at(61)).used, 701);
-        let events = m.record_sent(100, 0, at(61));
-        assert_eq!(alerts(&events), [(80, Severity::Critical)]);
-        assert!(
-            events
-                .iter()
-                .all(|e| e.dimension() == Dimension::RequestsPerDay)
-        );
-        let _ = fs::remove_dir_all(&dir);
-    }
-
-    #[test]
     fn a_learned_limit_survives_a_restart() {
         let mut m = monitor(QuotaConfig::default());
         m.observe(&requests(Some(500), Some(400), Some(5)), at(0));
         let m = QuotaMonitor::restore(QuotaConfig::default(), m.snapshot(), at(3600)).unwrap();
         let u = usage(&m, RPM, at(3600));
         assert_eq!((u.limit, u.used, u.source), (500, 0, Source::Counted));
-    }
-
-    #[test]
-    fn a_corrupt_file_is_an_error_naming_it() {
-        let dir = sluice_testkit::temp_dir("quota-corrupt");
-        let path = dir.join("quota.json");
-        for (text, fault) in [
-            ("{not json", "key must be a string"),
-            ("", "EOF while parsing"),
-            (
-                r#"{"version": 2, "whatever": []}"#,
-                "version 2 is not supported (expected 1)",
-            ),
-            (
-                r#"{"version": 1, "dimensions": [{"dimension": "per_fortnight"}]}"#,
-                "unknown variant",
-            ),
-        ] {
-            fs::write(&path, text).unwrap();
-            let err = QuotaMonitor::load(QuotaConfig::default(), &path, at(0)).unwrap_err();
-            assert!(matches!(err, QuotaError::Corrupt { .. }), "{err:?}");
-            let message = err.to_string();
-            assert!(message.contains(&path.display().to_string()), "{message}");
-            assert!(message.contains(fault), "{text:?}: {message}");
-        }
-        let err = QuotaMonitor::load(QuotaConfig::default(), &dir, at(0)).unwrap_err();
-        assert!(matches!(err, QuotaError::Io { .. }), "a directory: {err:?}");
-        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -358,16 +358,16 @@ async fn jitter_spreads_the_retries_of_many_clients() {
         "50 clients retried at {} distinct instants over {spread:?}",
         retries.len()
     );
-    // tokio's timer counts whole milliseconds, so 50 draws over the first retry's 500 ms
-    // share an instant about 2.5 times on average (the birthday bound); without jitter all
-    // 50 would share one.
+    // The first retry after a server error waits between 250 and 500 ms. tokio's timer
+    // counts whole milliseconds, so 50 draws over those 250 ms share an instant about 5
+    // times on average (the birthday bound); without jitter all 50 would share one.
     assert!(
-        retries.len() >= 40,
+        retries.len() >= 38,
         "{} distinct retry instants of 50",
         retries.len()
     );
     assert!(
-        spread >= Duration::from_millis(250),
+        spread >= Duration::from_millis(200),
         "retries spread over only {spread:?}"
     );
 }
@@ -709,8 +709,8 @@ async fn a_streamed_answer_is_settled_when_it_ends() {
             .map(|u| u.used)
     };
     let job = chat_job();
-    let started = s.clock.now();
-    let attempt = egress.attempt(&job).await.unwrap();
+    let mut call = egress.call(&job);
+    let attempt = call.attempt().await.unwrap();
     let answer = s
         .upstream
         .handle(chat_request(PROMPT, Some(MAX_TOKENS)))
@@ -721,10 +721,7 @@ async fn a_streamed_answer_is_settled_when_it_ends() {
         .answered(answer.status(), answer.headers(), None)
         .await;
     assert_eq!(report.failure, None);
-    assert_eq!(
-        egress.next_step(&job, 1, started, &report),
-        sluice_egress::client::NextStep::Done
-    );
+    assert_eq!(call.next_step(&report), sluice_egress::NextStep::Done);
     assert_eq!(
         tokens_today(&egress),
         Some(estimate()),

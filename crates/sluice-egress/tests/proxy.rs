@@ -14,6 +14,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 use sluice_core::Nanos;
+use sluice_egress::concurrency::ConcurrencyConfig;
+use sluice_egress::layer::MAX_WAIT_HEADER;
 use sluice_egress::proxy::{self, ProxyConfig, ProxyConfigError};
 use sluice_egress::quota::Dimension;
 use sluice_egress::{Egress, EgressConfig, TokioClock};
@@ -1164,5 +1166,63 @@ async fn a_stream_the_upstream_breaks_off_gives_its_slot_back() {
         eventually(|| proxy.egress.stats().in_flight == 0).await,
         "the slot of the broken stream was never given back"
     );
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_waiting_in_line_past_its_max_wait_gets_a_429_at_once_and_nothing_is_sent() {
+    let (upstream, server) = fake(FakeUpstreamConfig {
+        latency: Duration::from_secs(3),
+        ..FakeUpstreamConfig::default()
+    })
+    .await;
+    let config = ProxyConfig::new(&server.url()).expect("a valid config");
+    let mut egress = egress_config("fake-openai");
+    egress.concurrency = ConcurrencyConfig {
+        initial: 1,
+        min: 1,
+        max: 1,
+        ..ConcurrencyConfig::default()
+    };
+    let egress = Egress::new(egress).expect("a valid config");
+    let proxy = Proxy::start(config, egress).await;
+    let url = proxy.url("/v1/chat/completions");
+
+    // The one slot is busy for three seconds.
+    let busy = {
+        let request = post(&url, &chat_body("slow", Some(5)));
+        tokio::spawn(async move { send(&http_client(), request).await.status() })
+    };
+    assert!(eventually(|| proxy.egress.stats().in_flight == 1).await);
+
+    // Two callers that may wait 200 ms: one holds the turn and waits for the slot, the
+    // other waits for the turn. Both leave the line at their deadline.
+    let impatient = |n: u32| {
+        let mut request = post(&url, &chat_body(&format!("impatient {n}"), Some(5)));
+        request
+            .headers_mut()
+            .insert(MAX_WAIT_HEADER, http::HeaderValue::from_static("200ms"));
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let answer = send(&http_client(), request).await;
+            (answer, started.elapsed())
+        })
+    };
+    let (first, second) = (impatient(1), impatient(2));
+    for task in [first, second] {
+        let (answer, took) = task.await.expect("a client task");
+        assert_eq!(answer.status(), 429);
+        let problem = json_body(&answer);
+        assert_eq!(problem["type"], "https://sluice.dev/problems/would-wait");
+        let detail = problem["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains("after 200ms (max_wait)"), "{detail}");
+        assert!(
+            took >= Duration::from_millis(200) && took < Duration::from_millis(700),
+            "answered after {took:?}"
+        );
+    }
+    assert_eq!(upstream.stats().requests, 1, "nothing was sent for them");
+    assert_eq!(busy.await.expect("the busy call"), 200);
+    assert_eq!(upstream.stats().requests, 1);
     proxy.stop().await;
 }

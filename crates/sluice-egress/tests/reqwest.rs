@@ -296,7 +296,7 @@ async fn a_streamed_body_gets_a_single_attempt() {
 async fn a_refused_connection_is_retried_then_reported_with_reqwests_error() {
     let mut config = EgressConfig::new("fake");
     config.retry.max_attempts = 2;
-    config.retry.backoff = Backoff {
+    config.retry.backoff.server_error = Backoff {
         base: Duration::from_millis(10),
         max: Duration::from_millis(10),
     };

@@ -1,7 +1,7 @@
 //! One item: its request, its calls through the egress client, and what becomes of it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,8 +19,9 @@ use super::{IDEMPOTENCY_KEY, Transport};
 use crate::classify::{ErrorClass, Idempotency, Outcome as Class, classify_status};
 use crate::layer::PRIORITY_HEADER;
 use crate::quota::QuotaConfig;
+use crate::retry::NextStep;
 use crate::usage::estimate_tokens;
-use crate::{Egress, EgressError, EgressStats, Job, Priority, SendError, TokioClock};
+use crate::{Egress, EgressError, EgressStats, Job, Priority, TokioClock};
 
 /// What every item task shares.
 #[derive(Debug)]
@@ -163,19 +164,6 @@ struct ResultLine<'a> {
     latency_ms: u64,
 }
 
-/// How long to wait before calling again when the client refused at once (overloaded).
-const REFUSED_PAUSE: Duration = Duration::from_secs(1);
-
-/// Per-item counters the send closure updates.
-#[derive(Default)]
-struct Attempts {
-    count: AtomicU32,
-    on_wire: AtomicBool,
-    latency_ns: AtomicU64,
-    /// The last transport failure, for the dead letter's reason.
-    failure: std::sync::Mutex<Option<String>>,
-}
-
 /// Sends one item until it succeeds, fails for good, or the run stops.
 pub(crate) async fn process(item: Box<Item>, ctx: Arc<Ctx>) -> Outcome {
     let Item {
@@ -222,170 +210,120 @@ pub(crate) async fn process(item: Box<Item>, ctx: Arc<Ctx>) -> Outcome {
         headers.insert(PRIORITY_HEADER, HeaderValue::from(u16::from(priority.0)));
     }
     let tokens = estimate_tokens(&body).unwrap_or(0);
-    let attempts = Attempts::default();
     let deadline = ctx.clock.now().plus_nanos(duration_nanos(ctx.max_wait));
-    let stopped = || *ctx.stop.borrow();
-    let mut last_error: Option<String> = None;
-
-    loop {
-        let Some(inside) = ctx.enter(priority, deadline).await else {
-            return Outcome::Cancelled;
+    let Some(inside) = ctx.enter(priority, deadline).await else {
+        return Outcome::Cancelled;
+    };
+    let job = Job {
+        priority,
+        tenant: None,
+        tokens,
+        idempotency,
+        max_wait: deadline.saturating_since(ctx.clock.now()),
+    };
+    // The client's one driver of attempts decides the retries: with the batch's settings
+    // it keeps trying what the upstream turned away until the item's max_wait.
+    let mut call = ctx.egress.call(&job);
+    let mut stop = ctx.stop.clone();
+    // The last transport failure, for the dead letter's reason.
+    let mut last_failure: Option<String> = None;
+    let (answer, latency) = loop {
+        let attempt = tokio::select! {
+            attempt = call.attempt() => attempt,
+            () = wait_stop(&mut stop) => return Outcome::Cancelled,
         };
-        let now = ctx.clock.now();
-        let job = Job {
-            priority,
-            tenant: None,
-            tokens,
-            idempotency,
-            max_wait: deadline.saturating_since(now),
-        };
-        let send = || {
-            let mut request = Request::new(body.clone());
-            *request.method_mut() = method.clone();
-            *request.uri_mut() = uri.clone();
-            *request.headers_mut() = headers.clone();
-            let attempts = &attempts;
-            let ctx = &ctx;
-            async move {
-                if *ctx.stop.borrow() {
-                    return Err(SendError {
-                        class: ErrorClass::NotRetryable,
-                        source: "the batch is stopping".into(),
-                    });
-                }
-                attempts.count.fetch_add(1, Ordering::Relaxed);
-                attempts.on_wire.store(true, Ordering::Release);
-                // One fewer waiting for its pace: the next item may come in.
-                ctx.door.changed.notify_waiters();
-                let sent = ctx.clock.now();
-                let result = ctx.transport.send(request).await;
-                attempts.on_wire.store(false, Ordering::Release);
-                if let Err(e) = &result {
-                    *attempts
-                        .failure
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(chain(e));
-                }
-                attempts.latency_ns.store(
-                    ctx.clock
-                        .now()
-                        .saturating_since(sent)
-                        .as_nanos()
-                        .try_into()
-                        .unwrap_or(u64::MAX),
-                    Ordering::Relaxed,
+        let attempt = match attempt {
+            Ok(attempt) => attempt,
+            Err(e @ (EgressError::CircuitOpen { .. } | EgressError::Overloaded { .. })) => {
+                let last = last_failure.unwrap_or_else(|| chain(&e));
+                return failed(
+                    format!(
+                        "gave up after waiting {:?} (max_wait) for the upstream; last: {last}",
+                        ctx.max_wait
+                    ),
+                    None,
+                    None,
+                    call.attempts(),
                 );
-                result
+            }
+            Err(e) => return failed(chain(&e), None, None, call.attempts()),
+        };
+        // One fewer waiting for its pace: the next item may come in.
+        ctx.door.changed.notify_waiters();
+        let mut request = Request::new(body.clone());
+        *request.method_mut() = method.clone();
+        *request.uri_mut() = uri.clone();
+        *request.headers_mut() = headers.clone();
+        let sent_at = ctx.clock.now();
+        // Sent: the answer is let come even when the run stops (the run bounds how long).
+        let result = call.timed(ctx.transport.send(request)).await;
+        let latency = ctx.clock.now().saturating_since(sent_at);
+        let report = match &result {
+            Ok(response) => {
+                attempt
+                    .answered(response.status(), response.headers(), Some(response.body()))
+                    .await
+            }
+            Err(error) => {
+                last_failure = Some(chain(error));
+                attempt.failed(error).await
             }
         };
-        let mut call = std::pin::pin!(ctx.egress.execute(&job, send));
-        let mut stop = ctx.stop.clone();
-        let result = tokio::select! {
-            result = &mut call => result,
-            () = wait_stop(&mut stop) => {
-                if attempts.on_wire.load(Ordering::Acquire) {
-                    // Sent: let the answer come (the run bounds how long).
-                    call.await
-                } else {
+        match call.next_step(&report) {
+            NextStep::RetryAfter(wait) => {
+                drop(report);
+                if *ctx.stop.borrow() {
                     return Outcome::Cancelled;
                 }
-            }
-        };
-        drop(inside);
-        let count = attempts.count.load(Ordering::Relaxed);
-        let wait = match result {
-            Ok(response) => {
-                let status = response.status();
-                match classify_status(status, Some(response.body())) {
-                    Class::Success => {
-                        let latency =
-                            Duration::from_nanos(attempts.latency_ns.load(Ordering::Relaxed));
-                        return Outcome::Done {
-                            line: result_line(&id, &response, count, latency),
-                            id,
-                        };
-                    }
-                    Class::Failure(
-                        ErrorClass::RateLimited
-                        | ErrorClass::QuotaExhausted
-                        | ErrorClass::Overloaded,
-                    ) => {
-                        // Not processed, and the upstream says to come back: the client has
-                        // waited its retries out (or holds every caller for an exhausted
-                        // quota); call again, within the item's wait. Other server errors
-                        // may be this request's own doing: they fail once retries run out.
-                        if stopped() {
-                            return Outcome::Cancelled;
-                        }
-                        if ctx.clock.now() >= deadline {
-                            return failed(
-                                format!(
-                                    "HTTP {status}: still refused after waiting {:?}",
-                                    ctx.max_wait
-                                ),
-                                Some(status.as_u16()),
-                                Some(body_value(&response)),
-                                count,
-                            );
-                        }
-                        Duration::ZERO
-                    }
-                    Class::Failure(class) => {
-                        return failed(
-                            format!("HTTP {status} ({class}) after {count} attempt(s)"),
-                            Some(status.as_u16()),
-                            Some(body_value(&response)),
-                            count,
-                        );
-                    }
+                tokio::select! {
+                    () = call.back_off(wait) => {}
+                    () = wait_stop(&mut stop) => return Outcome::Cancelled,
                 }
             }
-            Err(_) if stopped() => return Outcome::Cancelled,
-            Err(e @ EgressError::CircuitOpen { .. }) => {
-                let wait = e.retry_after().unwrap_or(REFUSED_PAUSE);
-                // The failure that opened the circuit says more, when this item saw it.
-                last_error.get_or_insert_with(|| chain(&e));
-                wait
-            }
-            Err(e @ EgressError::Overloaded { .. }) => {
-                last_error.get_or_insert_with(|| chain(&e));
-                REFUSED_PAUSE
-            }
-            Err(EgressError::Send { ref source, .. }) if source.class == ErrorClass::Connect => {
-                // Never sent: the upstream is unreachable; the circuit opens soon.
-                last_error = Some(chain(source));
-                Duration::ZERO
-            }
-            Err(e) => return failed(chain(&e), None, None, count),
-        };
-        let now = ctx.clock.now();
-        if now >= deadline {
-            let failure = attempts
-                .failure
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .take();
-            let last = failure
-                .or(last_error)
-                .unwrap_or_else(|| "no answer".to_owned());
-            return failed(
-                format!(
-                    "gave up after waiting {:?} (max_wait) for the upstream; last: {last}",
-                    ctx.max_wait
+            NextStep::Done | NextStep::GiveUp => break (result, latency),
+        }
+    };
+    drop(inside);
+    let count = call.attempts();
+    match answer {
+        Ok(response) => {
+            let status = response.status();
+            match classify_status(status, Some(response.body())) {
+                Class::Success => Outcome::Done {
+                    line: result_line(&id, &response, count, latency),
+                    id,
+                },
+                Class::Failure(
+                    ErrorClass::RateLimited | ErrorClass::QuotaExhausted | ErrorClass::Overloaded,
+                ) => failed(
+                    format!(
+                        "HTTP {status}: still refused after waiting {:?}",
+                        ctx.max_wait
+                    ),
+                    Some(status.as_u16()),
+                    Some(body_value(&response)),
+                    count,
                 ),
-                None,
-                None,
-                count,
-            );
-        }
-        if !wait.is_zero() {
-            let wait = wait.min(deadline.saturating_since(now));
-            let mut stop = ctx.stop.clone();
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                () = wait_stop(&mut stop) => return Outcome::Cancelled,
+                Class::Failure(class) => failed(
+                    format!("HTTP {status} ({class}) after {count} attempt(s)"),
+                    Some(status.as_u16()),
+                    Some(body_value(&response)),
+                    count,
+                ),
             }
         }
+        Err(_) if *ctx.stop.borrow() => Outcome::Cancelled,
+        Err(error) if error.class == ErrorClass::Connect => failed(
+            format!(
+                "gave up after waiting {:?} (max_wait) for the upstream; last: {}",
+                ctx.max_wait,
+                chain(&error)
+            ),
+            None,
+            None,
+            count,
+        ),
+        Err(error) => failed(chain(&call.send_failed(error)), None, None, count),
     }
 }
 

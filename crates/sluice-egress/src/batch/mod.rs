@@ -430,6 +430,10 @@ pub async fn run(
     })?;
     let mut egress_config = config.egress.clone();
     egress_config.state_file = Some(config.state_dir.join(QUOTA_FILE));
+    // An item keeps trying what the upstream turned away (429, a spent quota, 503, an open
+    // circuit) for as long as it may wait.
+    egress_config.retry.until_processed = true;
+    egress_config.retry.max_elapsed = config.max_wait;
     let pause_threshold = egress_config.quota.pause_threshold;
     let egress = Egress::with_store(egress_config, MemoryStore::with_clock(clock), clock)?;
     let transport: Arc<dyn Transport> = match &config.transport {

@@ -43,9 +43,10 @@ use super::problem::{Reason, problem, refusal};
 use super::sse::UsageScanner;
 use super::upstream::{UpstreamClient, outgoing_headers, remove_hop_by_hop};
 use crate::classify::ErrorClass;
-use crate::client::{NextStep, Settlement};
+use crate::client::Settlement;
 use crate::coalesce::CoalesceKey;
 use crate::layer::{job_for, transport_class};
+use crate::retry::NextStep;
 use crate::{Egress, EgressError, Job, SendError};
 
 /// Frames of a stream buffered between the upstream and the client.
@@ -232,11 +233,9 @@ async fn attempts<S: Store>(
 ) {
     let egress = &shared.egress;
     let config = &shared.config;
-    let started = egress.now();
-    let mut attempts: u32 = 0;
+    let mut call = egress.call(&job);
     loop {
-        attempts += 1;
-        let attempt = match egress.attempt(&job).await {
+        let attempt = match call.attempt().await {
             Ok(attempt) => attempt,
             Err(error) => {
                 let _ = head.send(refused(&shared, &error));
@@ -266,7 +265,7 @@ async fn attempts<S: Store>(
                 shared.metrics.upstream_answer(status);
                 if status.as_u16() < 400 && streams(response.headers(), config.max_response_body) {
                     let report = attempt.answered(status, response.headers(), None).await;
-                    relay(&shared, report.settlement, response, attempts, head).await;
+                    relay(&shared, report.settlement, response, call.attempts(), head).await;
                     return;
                 }
                 let (answer, body) = response.into_parts();
@@ -312,26 +311,20 @@ async fn attempts<S: Store>(
                 }
             }
         };
-        match egress.next_step(&job, attempts, started, &report) {
+        match call.next_step(&report) {
             NextStep::RetryAfter(wait) => {
                 drop(report);
                 let _waiting = Gauge::up(&shared.metrics.retry_waits);
-                tokio::time::sleep(wait).await;
+                call.back_off(wait).await;
             }
             NextStep::Done | NextStep::GiveUp => {
+                let attempts = call.attempts();
                 let message = match answer {
                     Ok((answer, bytes)) => Head::Whole(
                         Response::from_parts(client_head(answer, attempts), ProxyBody::full(bytes)),
                         Source::Upstream,
                     ),
-                    Err(error) => refused(
-                        &shared,
-                        &EgressError::Send {
-                            upstream: shared.host.clone(),
-                            attempts,
-                            source: error,
-                        },
-                    ),
+                    Err(error) => refused(&shared, &call.send_failed(error)),
                 };
                 let _ = head.send(message);
                 return;

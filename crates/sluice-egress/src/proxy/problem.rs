@@ -118,7 +118,9 @@ pub(crate) fn refusal(error: &EgressError) -> (Reason, Response<ProxyBody>) {
         EgressError::Shared(inner) => return refusal(inner),
         EgressError::CircuitOpen { .. } => (Reason::CircuitOpen, StatusCode::SERVICE_UNAVAILABLE),
         EgressError::QuotaPaused { .. } => (Reason::QuotaPaused, StatusCode::TOO_MANY_REQUESTS),
-        EgressError::WouldWait { .. } => (Reason::WouldWait, StatusCode::TOO_MANY_REQUESTS),
+        EgressError::WouldWait { .. } | EgressError::WaitedTooLong { .. } => {
+            (Reason::WouldWait, StatusCode::TOO_MANY_REQUESTS)
+        }
         EgressError::Overloaded { .. } => (Reason::Overloaded, StatusCode::TOO_MANY_REQUESTS),
         EgressError::Store { .. } => (Reason::StoreUnavailable, StatusCode::SERVICE_UNAVAILABLE),
         EgressError::Send { source, .. } => match source.class {
