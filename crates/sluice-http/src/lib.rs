@@ -18,7 +18,8 @@
 //! rate limit headers, `Retry-After`, `retry-after-ms` and `x-should-retry`, normalised into
 //! one snapshot per response.
 //!
-//! With the `check-json` feature, [`check`] holds the JSON body of `sluice serve`'s
+//! [`prometheus`] writes the Prometheus text format of sluice's `/metrics` endpoints. With
+//! the `check-json` feature, the `check` module holds the JSON body of `sluice serve`'s
 //! `POST /v1/check`, one copy for the server that decodes requests and the clients that
 //! send them.
 //!
@@ -48,6 +49,7 @@ mod error;
 mod ietf;
 mod legacy;
 mod problem;
+pub mod prometheus;
 mod retry_after;
 mod sf;
 mod upstream;

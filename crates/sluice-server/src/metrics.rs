@@ -7,10 +7,12 @@
 //! under `domain="_unknown"`.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
+
+use sluice_http::prometheus::MetricType::{Counter, Gauge};
+use sluice_http::prometheus::{MetricType, TextWriter};
 
 use crate::backend::BackendHealth;
 
@@ -205,100 +207,82 @@ impl Metrics {
 
     /// The Prometheus text exposition (format 0.0.4) of every counter, plus the store's.
     pub fn render(&self, store_kind: &str, store: &BackendHealth) -> String {
-        let mut out = String::with_capacity(4096);
+        let mut out = TextWriter::with_capacity(4096);
         self.render_domains(&mut out);
         self.render_rules(&mut out);
         self.render_latency(&mut out);
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        family(
-            &mut out,
+        let store_label = [("store", store_kind)];
+        out.family(
             "sluice_bad_requests_total",
-            "counter",
+            Counter,
             "Requests refused as malformed (400 or INVALID_ARGUMENT).",
         );
-        let _ = writeln!(
-            out,
-            "sluice_bad_requests_total {}",
-            load(&self.bad_requests)
-        );
-        family(
-            &mut out,
+        out.sample("sluice_bad_requests_total", &[], load(&self.bad_requests));
+        out.family(
             "sluice_store_errors_total",
-            "counter",
+            Counter,
             "Calls to the shared store that failed or timed out, and decisions the server could not make.",
         );
         let errors = store.store_errors + load(&self.store_errors);
-        let _ = writeln!(
-            out,
-            "sluice_store_errors_total{{store=\"{store_kind}\"}} {errors}"
-        );
-        family(
-            &mut out,
+        out.sample("sluice_store_errors_total", &store_label, errors);
+        out.family(
             "sluice_degraded_decisions_total",
-            "counter",
+            Counter,
             "Decisions made without the shared store, under each limit's on_store_error policy.",
         );
-        let _ = writeln!(
-            out,
-            "sluice_degraded_decisions_total{{store=\"{store_kind}\"}} {}",
-            store.degraded_decisions
+        out.sample(
+            "sluice_degraded_decisions_total",
+            &store_label,
+            store.degraded_decisions,
         );
-        family(
-            &mut out,
+        out.family(
             "sluice_store_breaker_open",
-            "gauge",
+            Gauge,
             "1 while the circuit breaker around the shared store is open.",
         );
-        let _ = writeln!(
-            out,
-            "sluice_store_breaker_open{{store=\"{store_kind}\"}} {}",
-            u8::from(store.breaker_open)
+        out.sample(
+            "sluice_store_breaker_open",
+            &store_label,
+            u64::from(store.breaker_open),
         );
-        family(
-            &mut out,
+        out.family(
             "sluice_keys",
-            "gauge",
+            Gauge,
             "Limiter states held in this process's memory.",
         );
-        let _ = writeln!(out, "sluice_keys {}", store.keys);
-        family(
-            &mut out,
+        out.sample("sluice_keys", &[], store.keys);
+        out.family(
             "sluice_evictions_total",
-            "counter",
+            Counter,
             "States evicted to stay within the memory key budget.",
         );
-        let _ = writeln!(out, "sluice_evictions_total {}", store.evictions);
-        family(
-            &mut out,
+        out.sample("sluice_evictions_total", &[], store.evictions);
+        out.family(
             "sluice_config_reloads_total",
-            "counter",
+            Counter,
             "Configuration reloads by result.",
         );
-        let _ = writeln!(
-            out,
-            "sluice_config_reloads_total{{result=\"ok\"}} {}",
-            load(&self.reloads_ok)
-        );
-        let _ = writeln!(
-            out,
-            "sluice_config_reloads_total{{result=\"failed\"}} {}",
-            load(&self.reloads_failed)
-        );
-        family(
-            &mut out,
+        for (result, counter) in [("ok", &self.reloads_ok), ("failed", &self.reloads_failed)] {
+            out.sample(
+                "sluice_config_reloads_total",
+                &[("result", result)],
+                load(counter),
+            );
+        }
+        out.family(
             "sluice_config_version",
-            "gauge",
+            Gauge,
             "Version of the configuration serving (1 at start, +1 per successful reload).",
         );
-        let _ = writeln!(out, "sluice_config_version {}", load(&self.config_version));
-        out
+        out.sample("sluice_config_version", &[], load(&self.config_version));
+        out.finish()
     }
 
-    fn render_domains(&self, out: &mut String) {
-        family(
-            out,
+    fn render_domains(&self, out: &mut TextWriter) {
+        out.family(
             "sluice_decisions_total",
-            "counter",
+            Counter,
             "Requests decided, by domain and result (allowed, limited, shadow: allowed but over a shadow-mode limit).",
         );
         let domains = read(&self.domains);
@@ -306,22 +290,21 @@ impl Metrics {
         names.sort();
         for name in names {
             let counters = &domains[name];
-            let domain = escape_label(name);
             for (result, counter) in [
                 ("allowed", &counters.allowed),
                 ("limited", &counters.limited),
                 ("shadow", &counters.shadow),
             ] {
-                let value = counter.load(Ordering::Relaxed);
-                let _ = writeln!(
-                    out,
-                    "sluice_decisions_total{{domain=\"{domain}\",result=\"{result}\"}} {value}"
+                out.sample(
+                    "sluice_decisions_total",
+                    &[("domain", name), ("result", result)],
+                    counter.load(Ordering::Relaxed),
                 );
             }
         }
     }
 
-    fn render_rules(&self, out: &mut String) {
+    fn render_rules(&self, out: &mut TextWriter) {
         let rules = read(&self.rules);
         let mut ids: Vec<&String> = rules.keys().collect();
         ids.sort();
@@ -347,32 +330,35 @@ impl Metrics {
                 |c| &c.shadow_over_limit,
             ),
         ] {
-            family(out, metric, "counter", help);
+            out.family(metric, Counter, help);
             for id in &ids {
                 let value = pick(&rules[*id]).load(Ordering::Relaxed);
-                let _ = writeln!(out, "{metric}{{rule=\"{}\"}} {value}", escape_label(id));
+                out.sample(metric, &[("rule", id)], value);
             }
         }
     }
 
-    fn render_latency(&self, out: &mut String) {
-        let name = "sluice_decision_duration_seconds";
-        family(
-            out,
-            name,
-            "histogram",
+    fn render_latency(&self, out: &mut TextWriter) {
+        out.family(
+            "sluice_decision_duration_seconds",
+            MetricType::Histogram,
             "Time to decide one request, from parsed request to answer.",
         );
+        let bucket = "sluice_decision_duration_seconds_bucket";
         let mut cumulative = 0;
-        for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&self.latency.buckets) {
-            cumulative += bucket.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        for (bound, counter) in LATENCY_BUCKETS.iter().zip(&self.latency.buckets) {
+            cumulative += counter.load(Ordering::Relaxed);
+            out.sample(bucket, &[("le", &bound.to_string())], cumulative);
         }
         let count = self.latency.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        out.sample(bucket, &[("le", "+Inf")], count);
         let sum = Duration::from_nanos(self.latency.sum_nanos.load(Ordering::Relaxed));
-        let _ = writeln!(out, "{name}_sum {}", sum.as_secs_f64());
-        let _ = writeln!(out, "{name}_count {count}");
+        out.sample_f64(
+            "sluice_decision_duration_seconds_sum",
+            &[],
+            sum.as_secs_f64(),
+        );
+        out.sample("sluice_decision_duration_seconds_count", &[], count);
     }
 }
 
@@ -385,11 +371,6 @@ fn is_near_limit(limit: u64, remaining: u64) -> bool {
     used >= NEAR_LIMIT_RATIO
 }
 
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     lock.read().unwrap_or_else(PoisonError::into_inner)
 }
@@ -400,14 +381,6 @@ fn get_or_insert<T: Default>(map: &RwLock<HashMap<String, Arc<T>>>, name: &str) 
     }
     let mut map = map.write().unwrap_or_else(PoisonError::into_inner);
     Arc::clone(map.entry(name.to_owned()).or_default())
-}
-
-/// A label value as the text format wants it: backslash, quote and newline escaped.
-fn escape_label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -483,8 +456,101 @@ mod tests {
         }
     }
 
+    /// The whole text, byte for byte: label values escaped, families in order.
     #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    fn renders_the_exposition_byte_for_byte() {
+        let metrics = Metrics::default();
+        let ms = Duration::from_millis;
+        metrics.request("api", RequestResult::Shadow, Duration::from_micros(40));
+        metrics.request("we\"ird\\\n", RequestResult::Allowed, ms(2));
+        metrics.request(UNKNOWN_DOMAIN, RequestResult::Limited, ms(1000));
+        metrics.rule(
+            "api.user",
+            RuleHit {
+                hits: 4,
+                limit: 5,
+                remaining: 1,
+                refused: false,
+                shadow: false,
+            },
+        );
+        metrics.bad_request();
+        metrics.store_error();
+        metrics.reload(Ok(3));
+        let health = BackendHealth {
+            keys: 9,
+            evictions: 2,
+            store_errors: 5,
+            degraded_decisions: 6,
+            breaker_open: true,
+        };
+        let expected = concat!(
+            "# HELP sluice_decisions_total Requests decided, by domain and result (allowed, limited, shadow: allowed but over a shadow-mode limit).\n",
+            "# TYPE sluice_decisions_total counter\n",
+            "sluice_decisions_total{domain=\"_unknown\",result=\"allowed\"} 0\n",
+            "sluice_decisions_total{domain=\"_unknown\",result=\"limited\"} 1\n",
+            "sluice_decisions_total{domain=\"_unknown\",result=\"shadow\"} 0\n",
+            "sluice_decisions_total{domain=\"api\",result=\"allowed\"} 0\n",
+            "sluice_decisions_total{domain=\"api\",result=\"limited\"} 0\n",
+            "sluice_decisions_total{domain=\"api\",result=\"shadow\"} 1\n",
+            "sluice_decisions_total{domain=\"we\\\"ird\\\\\\n\",result=\"allowed\"} 1\n",
+            "sluice_decisions_total{domain=\"we\\\"ird\\\\\\n\",result=\"limited\"} 0\n",
+            "sluice_decisions_total{domain=\"we\\\"ird\\\\\\n\",result=\"shadow\"} 0\n",
+            "# HELP sluice_rule_hits_total Units asked of each configured limit.\n",
+            "# TYPE sluice_rule_hits_total counter\n",
+            "sluice_rule_hits_total{rule=\"api.user\"} 4\n",
+            "# HELP sluice_rule_over_limit_total Units each limit refused.\n",
+            "# TYPE sluice_rule_over_limit_total counter\n",
+            "sluice_rule_over_limit_total{rule=\"api.user\"} 0\n",
+            "# HELP sluice_rule_near_limit_total Units admitted with at most 20% of the limit left.\n",
+            "# TYPE sluice_rule_near_limit_total counter\n",
+            "sluice_rule_near_limit_total{rule=\"api.user\"} 4\n",
+            "# HELP sluice_rule_shadow_over_limit_total Units a shadow-mode limit would have refused.\n",
+            "# TYPE sluice_rule_shadow_over_limit_total counter\n",
+            "sluice_rule_shadow_over_limit_total{rule=\"api.user\"} 0\n",
+            "# HELP sluice_decision_duration_seconds Time to decide one request, from parsed request to answer.\n",
+            "# TYPE sluice_decision_duration_seconds histogram\n",
+            "sluice_decision_duration_seconds_bucket{le=\"0.000025\"} 0\n",
+            "sluice_decision_duration_seconds_bucket{le=\"0.00005\"} 1\n",
+            "sluice_decision_duration_seconds_bucket{le=\"0.0001\"} 1\n",
+            "sluice_decision_duration_seconds_bucket{le=\"0.00025\"} 1\n",
+            "sluice_decision_duration_seconds_bucket{le=\"0.0005\"} 1\n",
+            "sluice_decision_duration_seconds_bucket{le=\"0.001\"} 1\n",
+            "sluice_decision_duration_seconds_bucket{le=\"0.0025\"} 2\n",
+            "sluice_decision_duration_seconds_bucket{le=\"0.005\"} 2\n",
+            "sluice_decision_duration_seconds_bucket{le=\"0.01\"} 2\n",
+            "sluice_decision_duration_seconds_bucket{le=\"0.025\"} 2\n",
+            "sluice_decision_duration_seconds_bucket{le=\"0.05\"} 2\n",
+            "sluice_decision_duration_seconds_bucket{le=\"0.1\"} 2\n",
+            "sluice_decision_duration_seconds_bucket{le=\"+Inf\"} 3\n",
+            "sluice_decision_duration_seconds_sum 1.00204\n",
+            "sluice_decision_duration_seconds_count 3\n",
+            "# HELP sluice_bad_requests_total Requests refused as malformed (400 or INVALID_ARGUMENT).\n",
+            "# TYPE sluice_bad_requests_total counter\n",
+            "sluice_bad_requests_total 1\n",
+            "# HELP sluice_store_errors_total Calls to the shared store that failed or timed out, and decisions the server could not make.\n",
+            "# TYPE sluice_store_errors_total counter\n",
+            "sluice_store_errors_total{store=\"redis\"} 6\n",
+            "# HELP sluice_degraded_decisions_total Decisions made without the shared store, under each limit's on_store_error policy.\n",
+            "# TYPE sluice_degraded_decisions_total counter\n",
+            "sluice_degraded_decisions_total{store=\"redis\"} 6\n",
+            "# HELP sluice_store_breaker_open 1 while the circuit breaker around the shared store is open.\n",
+            "# TYPE sluice_store_breaker_open gauge\n",
+            "sluice_store_breaker_open{store=\"redis\"} 1\n",
+            "# HELP sluice_keys Limiter states held in this process's memory.\n",
+            "# TYPE sluice_keys gauge\n",
+            "sluice_keys 9\n",
+            "# HELP sluice_evictions_total States evicted to stay within the memory key budget.\n",
+            "# TYPE sluice_evictions_total counter\n",
+            "sluice_evictions_total 2\n",
+            "# HELP sluice_config_reloads_total Configuration reloads by result.\n",
+            "# TYPE sluice_config_reloads_total counter\n",
+            "sluice_config_reloads_total{result=\"ok\"} 1\n",
+            "sluice_config_reloads_total{result=\"failed\"} 0\n",
+            "# HELP sluice_config_version Version of the configuration serving (1 at start, +1 per successful reload).\n",
+            "# TYPE sluice_config_version gauge\n",
+            "sluice_config_version 3\n",
+        );
+        assert_eq!(metrics.render("redis", &health), expected);
     }
 }

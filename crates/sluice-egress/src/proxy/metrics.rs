@@ -21,10 +21,11 @@
 //! | `sluice_egress_pace_rate_per_minute`, `_pace_ceiling_per_minute`, `_pace_fraction`, `_pace_held` | gauge | `dimension` (`requests`, `tokens`) | pacing |
 //! | `sluice_egress_quota_limit`, `_quota_used`, `_quota_remaining`, `_quota_percent`, `_quota_resets_at_seconds` | gauge | `dimension` (`requests_per_minute`, …) | quota usage |
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::StatusCode;
+use sluice_http::prometheus::MetricType::{Counter, Gauge};
+use sluice_http::prometheus::TextWriter;
 
 use super::problem::Reason;
 use crate::EgressStats;
@@ -108,33 +109,25 @@ impl Metrics {
 
     /// Everything, with the egress client's `stats`, in the Prometheus text format.
     pub(crate) fn render(&self, stats: &EgressStats) -> String {
-        let mut out = String::with_capacity(8 << 10);
+        let mut out = TextWriter::with_capacity(8 << 10);
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
 
-        header(
-            &mut out,
+        out.family(
             "sluice_proxy_requests_total",
-            "counter",
+            Counter,
             "Requests to forward.",
         );
-        sample(
-            &mut out,
-            "sluice_proxy_requests_total",
-            &[],
-            load(&self.requests),
-        );
+        out.sample("sluice_proxy_requests_total", &[], load(&self.requests));
 
-        header(
-            &mut out,
+        out.family(
             "sluice_proxy_responses_total",
-            "counter",
+            Counter,
             "Answers to clients, by who made them and status class.",
         );
         for (source, name) in [(Source::Upstream, "upstream"), (Source::Proxy, "proxy")] {
             for (i, class) in CLASSES.iter().enumerate() {
                 let value = load(&self.responses[source as usize][i]);
-                sample(
-                    &mut out,
+                out.sample(
                     "sluice_proxy_responses_total",
                     &[("source", name), ("class", class)],
                     value,
@@ -142,53 +135,46 @@ impl Metrics {
             }
         }
 
-        header(
-            &mut out,
+        out.family(
             "sluice_proxy_refused_total",
-            "counter",
+            Counter,
             "Answers the proxy made itself, by problem type.",
         );
         for reason in Reason::ALL {
             let value = load(&self.refused[reason.index()]);
-            sample(
-                &mut out,
+            out.sample(
                 "sluice_proxy_refused_total",
                 &[("reason", reason.name())],
                 value,
             );
         }
 
-        header(
-            &mut out,
+        out.family(
             "sluice_proxy_upstream_responses_total",
-            "counter",
+            Counter,
             "Every attempt's answer from the upstream, by status class.",
         );
         for (i, class) in CLASSES.iter().enumerate() {
-            sample(
-                &mut out,
+            out.sample(
                 "sluice_proxy_upstream_responses_total",
                 &[("class", class)],
                 load(&self.upstream[i]),
             );
         }
-        header(
-            &mut out,
+        out.family(
             "sluice_proxy_upstream_429_total",
-            "counter",
+            Counter,
             "Attempts the upstream answered 429.",
         );
-        sample(
-            &mut out,
+        out.sample(
             "sluice_proxy_upstream_429_total",
             &[],
             load(&self.upstream_429),
         );
 
-        header(
-            &mut out,
+        out.family(
             "sluice_proxy_upstream_errors_total",
-            "counter",
+            Counter,
             "Attempts without an answer, by class.",
         );
         for (i, class) in ErrorClass::ALL.iter().enumerate() {
@@ -196,8 +182,7 @@ impl Metrics {
                 class,
                 ErrorClass::Timeout | ErrorClass::Connect | ErrorClass::ConnectionReset
             ) {
-                sample(
-                    &mut out,
+                out.sample(
                     "sluice_proxy_upstream_errors_total",
                     &[("class", class.name())],
                     load(&self.upstream_errors[i]),
@@ -205,79 +190,60 @@ impl Metrics {
             }
         }
 
-        header(
-            &mut out,
+        out.family(
             "sluice_proxy_retry_waits",
-            "gauge",
+            Gauge,
             "Requests waiting to retry.",
         );
-        sample(
-            &mut out,
-            "sluice_proxy_retry_waits",
-            &[],
-            load(&self.retry_waits),
-        );
-        header(
-            &mut out,
+        out.sample("sluice_proxy_retry_waits", &[], load(&self.retry_waits));
+        out.family(
             "sluice_proxy_streams_total",
-            "counter",
+            Counter,
             "Streamed answers relayed.",
         );
-        sample(
-            &mut out,
-            "sluice_proxy_streams_total",
-            &[],
-            load(&self.streams),
-        );
-        header(
-            &mut out,
+        out.sample("sluice_proxy_streams_total", &[], load(&self.streams));
+        out.family(
             "sluice_proxy_streams_active",
-            "gauge",
+            Gauge,
             "Streamed answers being relayed.",
         );
-        sample(
-            &mut out,
+        out.sample(
             "sluice_proxy_streams_active",
             &[],
             load(&self.streams_active),
         );
-        header(
-            &mut out,
+        out.family(
             "sluice_proxy_stream_settled_total",
-            "counter",
+            Counter,
             "Streams whose tokens were settled to their reported usage, or left at the estimate.",
         );
-        sample(
-            &mut out,
+        out.sample(
             "sluice_proxy_stream_settled_total",
             &[("usage", "reported")],
             load(&self.settled_reported),
         );
-        sample(
-            &mut out,
+        out.sample(
             "sluice_proxy_stream_settled_total",
             &[("usage", "estimate")],
             load(&self.settled_estimate),
         );
-        header(
-            &mut out,
+        out.family(
             "sluice_proxy_coalesce_eligible_total",
-            "counter",
+            Counter,
             "Requests that could share an identical request's upstream call.",
         );
-        sample(
-            &mut out,
+        out.sample(
             "sluice_proxy_coalesce_eligible_total",
             &[],
             load(&self.coalesce_eligible),
         );
 
         egress(&mut out, stats);
-        out
+        out.finish()
     }
 }
 
-fn egress(out: &mut String, stats: &EgressStats) {
+fn egress(out: &mut TextWriter, stats: &EgressStats) {
     for (name, help, value) in [
         (
             "sluice_egress_attempts_total",
@@ -315,8 +281,8 @@ fn egress(out: &mut String, stats: &EgressStats) {
             stats.coalesced,
         ),
     ] {
-        header(out, name, "counter", help);
-        sample(out, name, &[], value);
+        out.family(name, Counter, help);
+        out.sample(name, &[], value);
     }
     for (name, help, value) in [
         (
@@ -335,95 +301,79 @@ fn egress(out: &mut String, stats: &EgressStats) {
             count(stats.waiting),
         ),
     ] {
-        header(out, name, "gauge", help);
-        sample(out, name, &[], value);
+        out.family(name, Gauge, help);
+        out.sample(name, &[], value);
     }
-    header(
-        out,
+    out.family(
         "sluice_egress_waiting_by_priority",
-        "gauge",
+        Gauge,
         "Calls waiting for their turn to pace, by priority.",
     );
     for (priority, waiting) in &stats.waiting_by_priority {
         let label = priority.0.to_string();
-        sample(
-            out,
+        out.sample(
             "sluice_egress_waiting_by_priority",
             &[("priority", &label)],
             count(*waiting),
         );
     }
-    header(
-        out,
+    out.family(
         "sluice_egress_circuit_state",
-        "gauge",
+        Gauge,
         "1 for the circuit's current state.",
     );
     for state in ["closed", "open", "half_open"] {
         let value = u64::from(stats.circuit.name() == state);
-        sample(
-            out,
-            "sluice_egress_circuit_state",
-            &[("state", state)],
-            value,
-        );
+        out.sample("sluice_egress_circuit_state", &[("state", state)], value);
     }
 
-    header(
-        out,
+    out.family(
         "sluice_egress_pace_rate_per_minute",
-        "gauge",
+        Gauge,
         "The rate paced at, per minute (absent when not paced).",
     );
     for (dimension, pace) in &stats.pace {
         if let Some(rate) = pace.rate_per_minute {
-            sample_f(
-                out,
+            out.sample_f64(
                 "sluice_egress_pace_rate_per_minute",
                 &[("dimension", dimension.name())],
                 rate,
             );
         }
     }
-    header(
-        out,
+    out.family(
         "sluice_egress_pace_ceiling_per_minute",
-        "gauge",
+        Gauge,
         "The upstream's limit per minute, when known.",
     );
     for (dimension, pace) in &stats.pace {
         if let Some(ceiling) = pace.ceiling_per_minute {
-            sample_f(
-                out,
+            out.sample_f64(
                 "sluice_egress_pace_ceiling_per_minute",
                 &[("dimension", dimension.name())],
                 ceiling,
             );
         }
     }
-    header(
-        out,
+    out.family(
         "sluice_egress_pace_fraction",
-        "gauge",
+        Gauge,
         "The AIMD fraction of the ceiling in use.",
     );
     for (dimension, pace) in &stats.pace {
-        sample_f(
-            out,
+        out.sample_f64(
             "sluice_egress_pace_fraction",
             &[("dimension", dimension.name())],
             pace.fraction,
         );
     }
-    header(
-        out,
+    out.family(
         "sluice_egress_pace_held",
-        "gauge",
+        Gauge,
         "1 while every caller is held (exhausted, or told to retry later).",
     );
     for (dimension, pace) in &stats.pace {
-        sample(
-            out,
+        out.sample(
             "sluice_egress_pace_held",
             &[("dimension", dimension.name())],
             u64::from(pace.held_until.is_some()),
@@ -446,20 +396,20 @@ fn egress(out: &mut String, stats: &EgressStats) {
             "When the current window ends, in Unix seconds.",
         ),
     ] {
-        header(out, name, "gauge", help);
+        out.family(name, Gauge, help);
         for usage in &stats.quota {
             let labels = [
                 ("dimension", usage.dimension.name()),
                 ("source", usage.source.name()),
             ];
             match name {
-                "sluice_egress_quota_limit" => sample(out, name, &labels, usage.limit),
-                "sluice_egress_quota_used" => sample(out, name, &labels, usage.used),
-                "sluice_egress_quota_remaining" => sample(out, name, &labels, usage.remaining),
-                "sluice_egress_quota_percent" => sample_f(out, name, &labels, usage.percent),
+                "sluice_egress_quota_limit" => out.sample(name, &labels, usage.limit),
+                "sluice_egress_quota_used" => out.sample(name, &labels, usage.used),
+                "sluice_egress_quota_remaining" => out.sample(name, &labels, usage.remaining),
+                "sluice_egress_quota_percent" => out.sample_f64(name, &labels, usage.percent),
                 _ => {
                     if let Some(at) = usage.resets_at {
-                        sample(out, name, &labels, at.as_u64() / 1_000_000_000);
+                        out.sample(name, &labels, at.as_u64() / 1_000_000_000);
                     }
                 }
             }
@@ -469,36 +419,4 @@ fn egress(out: &mut String, stats: &EgressStats) {
 
 fn count(n: usize) -> u64 {
     u64::try_from(n).unwrap_or(u64::MAX)
-}
-
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-fn labels(out: &mut String, labels: &[(&str, &str)]) {
-    if labels.is_empty() {
-        return;
-    }
-    out.push('{');
-    for (i, (name, value)) in labels.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        // Label values are fixed names or numbers here: nothing to escape.
-        let _ = write!(out, "{name}=\"{value}\"");
-    }
-    out.push('}');
-}
-
-fn sample(out: &mut String, name: &str, pairs: &[(&str, &str)], value: u64) {
-    out.push_str(name);
-    labels(out, pairs);
-    let _ = writeln!(out, " {value}");
-}
-
-fn sample_f(out: &mut String, name: &str, pairs: &[(&str, &str)], value: f64) {
-    out.push_str(name);
-    labels(out, pairs);
-    let _ = writeln!(out, " {value}");
 }
