@@ -65,7 +65,6 @@ fn main() {
         MemoryConfig {
             max_keys: 4 * per_thread,
             shards: 4096,
-            ..MemoryConfig::default()
         },
         MonotonicClock::new(),
     ));

@@ -16,5 +16,5 @@ mod memory;
 mod store;
 
 pub use fallback::{FallbackConfig, FallbackError, FallbackStats, FallbackStore};
-pub use memory::{HotKey, HotKeysConfig, MemoryConfig, MemoryStats, MemoryStore};
+pub use memory::{MemoryConfig, MemoryStats, MemoryStore};
 pub use store::{FailurePolicy, Hold, Immediate, Limit, Reservation, Store};

@@ -1,12 +1,12 @@
 //! `MemoryStore` behaviour beyond the `Store` contract: the bound on the number of keys
-//! (and which states it evicts first), `remove_expired`, and hot key tracking.
+//! (and which states it evicts first) and `remove_expired`.
 //!
 //! Every test drives a `ManualClock`; nothing sleeps.
 
 use std::time::Duration;
 
 use sluice_core::{Key, ManualClock, Nanos, Policy, Rate};
-use sluice_store::{HotKey, HotKeysConfig, Limit, MemoryConfig, MemoryStore};
+use sluice_store::{Limit, MemoryConfig, MemoryStore};
 
 /// One hour after the epoch: aligned to seconds, minutes and hours.
 const START: Nanos = Nanos::new(3_600_000_000_000);
@@ -99,7 +99,6 @@ fn expired_states_are_evicted_before_live_ones() {
     let (store, clock) = store(MemoryConfig {
         max_keys: 100,
         shards: 1,
-        ..MemoryConfig::default()
     });
     let short = policy("gcra", "1000/s"); // full again after 1 ms
     let long = policy("gcra", "1/h");
@@ -141,7 +140,6 @@ fn live_states_closest_to_expiring_are_evicted_first() {
     let (store, _clock) = store(MemoryConfig {
         max_keys: 100,
         shards: 1,
-        ..MemoryConfig::default()
     });
     // Key i is full again after i + 1 seconds.
     let policies: Vec<Policy> = (0..100u64)
@@ -206,125 +204,6 @@ fn remove_expired_drops_only_states_that_decide_like_fresh_ones() {
             assert_eq!(d.remaining, 2, "{pl} on long{i} kept its usage");
         }
     }
-}
-
-fn hot_store(hot_keys: HotKeysConfig) -> (MemoryStore<ManualClock>, ManualClock) {
-    store(MemoryConfig {
-        hot_keys,
-        ..MemoryConfig::default()
-    })
-}
-
-fn exact_hot_keys() -> HotKeysConfig {
-    HotKeysConfig {
-        sample_every: 1,
-        ..HotKeysConfig::default()
-    }
-}
-
-#[test]
-fn hot_keys_rank_the_most_hit_key_first_and_count_its_refusals() {
-    let (store, _clock) = hot_store(exact_hot_keys());
-    let p = policy("fixed_window", "100/min");
-    let hot = key("hot");
-    for _ in 0..1000 {
-        store.check_now(Limit::new(&hot, &p), 1);
-    }
-    let cold: Vec<Key> = (0..5).map(|i| key(format!("cold{i}"))).collect();
-    for k in &cold {
-        for _ in 0..10 {
-            assert!(store.check_now(Limit::new(k, &p), 1).allowed);
-        }
-    }
-    let top = store.hot_keys(3);
-    assert_eq!(top.len(), 3);
-    assert_eq!(
-        top[0],
-        HotKey {
-            key: hot.clone(),
-            hits: 1000,
-            refusals: 900,
-        }
-    );
-    for h in &top[1..] {
-        assert!(cold.contains(&h.key), "{h:?}");
-        assert_eq!((h.hits, h.refusals), (10, 0));
-    }
-    assert_eq!(store.hot_keys(100).len(), 6);
-    // Only the hot key was ever refused.
-    let refused = store.hot_keys_by_refusals(10);
-    assert_eq!(refused.len(), 1);
-    assert_eq!((&refused[0].key, refused[0].refusals), (&hot, 900));
-}
-
-#[test]
-fn hot_keys_count_multi_limit_checks_per_limit() {
-    let (store, _clock) = hot_store(exact_hot_keys());
-    let (user, global) = (key("user"), key("global"));
-    let (per_user, shared) = (policy("gcra", "10/min"), policy("fixed_window", "1/min"));
-    for _ in 0..4 {
-        store.check_all_now(
-            &[Limit::new(&user, &per_user), Limit::new(&global, &shared)],
-            1,
-        );
-    }
-    let top = store.hot_keys(2);
-    let global_hot = top.iter().find(|h| h.key == global).unwrap();
-    assert_eq!((global_hot.hits, global_hot.refusals), (4, 3));
-    let user_hot = top.iter().find(|h| h.key == user).unwrap();
-    assert_eq!(
-        (user_hot.hits, user_hot.refusals),
-        (4, 0),
-        "the user limit allowed; the global one refused"
-    );
-}
-
-#[test]
-fn hot_keys_forget_traffic_older_than_two_windows() {
-    let (store, clock) = hot_store(exact_hot_keys());
-    let window = HotKeysConfig::default().window;
-    let p = policy("gcra", "100/s");
-    let (a, b) = (key("a"), key("b"));
-    for _ in 0..5 {
-        store.check_now(Limit::new(&a, &p), 1);
-    }
-    clock.advance(window);
-    assert_eq!(
-        store.hot_keys(10).len(),
-        1,
-        "the previous window still counts"
-    );
-    assert_eq!(store.hot_keys(10)[0].hits, 5);
-    for _ in 0..3 {
-        store.check_now(Limit::new(&b, &p), 1);
-    }
-    let keys: Vec<(Key, u64)> = store
-        .hot_keys(10)
-        .into_iter()
-        .map(|h| (h.key, h.hits))
-        .collect();
-    assert_eq!(keys, vec![(a.clone(), 5), (b.clone(), 3)]);
-
-    clock.advance(window);
-    let keys: Vec<Key> = store.hot_keys(10).into_iter().map(|h| h.key).collect();
-    assert_eq!(keys, vec![b], "a's window is two windows old");
-    clock.advance(2 * window);
-    assert!(store.hot_keys(10).is_empty());
-}
-
-#[test]
-fn hot_keys_scale_sampled_counts_back_up() {
-    let (store, _clock) = hot_store(HotKeysConfig {
-        sample_every: 4,
-        ..HotKeysConfig::default()
-    });
-    let (k, p) = (key("only"), policy("gcra", "1000/s"));
-    for _ in 0..400 {
-        store.check_now(Limit::new(&k, &p), 1);
-    }
-    // Only this key's shard saw decisions: every fourth is recorded, weighing four.
-    let top = store.hot_keys(1);
-    assert_eq!((top[0].key.clone(), top[0].hits), (k, 400));
 }
 
 #[test]

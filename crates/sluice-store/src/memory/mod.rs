@@ -7,11 +7,8 @@
 //! full, states that decide like fresh ones go first, then those closest to expiring.
 
 mod flat;
-mod hot;
 mod lock;
 mod table;
-
-pub use hot::{HotKey, HotKeysConfig};
 
 use std::convert::Infallible;
 use std::fmt;
@@ -26,7 +23,6 @@ use sluice_core::{
 
 use crate::dispatch::with_algorithm;
 use crate::store::{Hold, Immediate, Limit, Reservation, Store};
-use hot::HotKeys;
 use lock::ShardLock;
 use spin::mutex::SpinMutexGuard as ShardGuard;
 use table::{Fingerprint, Slot, Stored, Tables};
@@ -39,8 +35,6 @@ pub struct MemoryConfig {
     pub max_keys: usize,
     /// Number of shards (rounded up to a power of two).
     pub shards: usize,
-    /// Hot key tracking.
-    pub hot_keys: HotKeysConfig,
 }
 
 impl Default for MemoryConfig {
@@ -48,7 +42,6 @@ impl Default for MemoryConfig {
         Self {
             max_keys: 4 << 20,
             shards: 64,
-            hot_keys: HotKeysConfig::default(),
         }
     }
 }
@@ -67,8 +60,6 @@ pub struct MemoryStats {
 #[derive(Default)]
 struct Shard {
     tables: Tables,
-    hot: HotKeys,
-    decisions: u32,
     evicted_expired: u64,
     evicted_live: u64,
 }
@@ -83,8 +74,6 @@ pub struct MemoryStore<C: Clock = MonotonicClock> {
     shards: Box<[Padded<ShardLock<Shard>>]>,
     shard_mask: u64,
     max_keys_per_shard: usize,
-    hot_keys: HotKeysConfig,
-    sample_mask: u32,
     seeds: (
         foldhash::quality::RandomState,
         foldhash::quality::RandomState,
@@ -115,20 +104,10 @@ impl<C: Clock> MemoryStore<C> {
     pub fn with_config(config: MemoryConfig, clock: C) -> Self {
         let shards = config.shards.clamp(1, 1 << 16).next_power_of_two();
         let max_keys_per_shard = config.max_keys.div_ceil(shards).max(1);
-        let sample_every = config
-            .hot_keys
-            .sample_every
-            .clamp(1, 1 << 20)
-            .next_power_of_two();
         Self {
             shards: (0..shards).map(|_| Padded::default()).collect(),
             shard_mask: shards as u64 - 1,
             max_keys_per_shard,
-            hot_keys: HotKeysConfig {
-                sample_every,
-                ..config.hot_keys
-            },
-            sample_mask: sample_every - 1,
             seeds: Default::default(),
             clock,
         }
@@ -166,42 +145,14 @@ impl<C: Clock> MemoryStore<C> {
             .sum()
     }
 
-    /// The `n` keys with the most hits over the last one to two hot-key windows, hottest
-    /// first.
-    pub fn hot_keys(&self, n: usize) -> Vec<HotKey> {
-        self.top_keys(n, |key| key.hits)
-    }
-
-    /// The `n` keys refused most often over the last one to two hot-key windows, among the
-    /// keys tracked as hot (a key refused often is hit often), most refused first.
-    pub fn hot_keys_by_refusals(&self, n: usize) -> Vec<HotKey> {
-        let mut refused = self.top_keys(usize::MAX, |key| key.refusals);
-        refused.retain(|key| key.refusals > 0);
-        refused.truncate(n);
-        refused
-    }
-
-    fn top_keys(&self, n: usize, rank: impl Fn(&HotKey) -> u64) -> Vec<HotKey> {
-        let now = self.clock.now();
-        let mut all = Vec::new();
-        for shard in self.shards.iter() {
-            lock(&shard.0).hot.collect(&self.hot_keys, now, &mut all);
-        }
-        all.sort_by(|a, b| rank(b).cmp(&rank(a)).then_with(|| a.key.cmp(&b.key)));
-        all.truncate(n);
-        all
-    }
-
     /// Checks one limit (the synchronous core of [`Store::check`]).
     pub fn check_now(&self, limit: Limit<'_>, cost: u64) -> Decision {
         let now = self.clock.now();
         let fp = self.fingerprint(limit.key, limit.policy);
         let mut shard = self.lock_shard(&fp);
-        let decision = with_algorithm!(limit.policy.algorithm(), A => {
+        with_algorithm!(limit.policy.algorithm(), A => {
             check_in::<A>(&mut shard, self.max_keys_per_shard, fp, limit.policy, cost, now)
-        });
-        self.sample(&mut shard, fp, limit.key, !decision.allowed, now);
-        decision
+        })
     }
 
     /// Checks several limits all or nothing (the synchronous core of [`Store::check_all`]).
@@ -283,13 +234,6 @@ impl<C: Clock> MemoryStore<C> {
         lock(&self.shards[self.shard_index(fp)].0)
     }
 
-    fn sample(&self, shard: &mut Shard, fp: Fingerprint, key: &Key, refused: bool, now: Nanos) {
-        shard.decisions = shard.decisions.wrapping_add(1);
-        if shard.decisions & self.sample_mask == 0 {
-            shard.hot.record(&self.hot_keys, fp, key, refused, now);
-        }
-    }
-
     /// Runs `step` for each limit in order on scratch copies of their states, with every
     /// shard involved locked; writes the copies back only if every step allowed.
     fn transact<F>(
@@ -355,10 +299,6 @@ impl<C: Clock> MemoryStore<C> {
                     });
                 }
             }
-        }
-        for ((limit, fp), decision) in limits.iter().zip(&fps).zip(&verdict.decisions) {
-            let g = shard_of(fp);
-            self.sample(&mut guards[g], *fp, limit.key, !decision.allowed, now);
         }
         (verdict, tickets, now)
     }
