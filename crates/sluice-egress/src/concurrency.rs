@@ -539,6 +539,74 @@ mod tests {
         }
     }
 
+    fn health(window: u32) -> ConcurrencyConfig {
+        ConcurrencyConfig {
+            health: Some(HealthRule {
+                window,
+                ..HealthRule::default()
+            }),
+            ..config(10)
+        }
+    }
+
+    /// One call, alone in flight (so never "in use"), reported at `now`.
+    fn alone(l: &mut AdaptiveConcurrency, failure: Option<ErrorClass>, now: Nanos) {
+        let slot = l.try_acquire().unwrap();
+        match failure {
+            Some(class) => l.on_failure(slot, class, now),
+            None => l.on_success(slot, Duration::from_millis(10), now),
+        }
+    }
+
+    #[test]
+    fn an_error_rate_above_a_fifth_decreases_the_limit() {
+        let mut l = limiter(health(20));
+        for i in 0..16 {
+            alone(&mut l, None, at_ms(i));
+        }
+        // Server errors say nothing about load on their own, and 4 of the last 20 is 20 %.
+        for i in 16..20 {
+            alone(&mut l, Some(ErrorClass::ServerError), at_ms(i));
+        }
+        assert_eq!((l.limit(), l.error_rate()), (10, Some(0.2)));
+        // A fifth failure in the last 20 is 25 %: above a fifth.
+        alone(&mut l, Some(ErrorClass::ServerError), at_ms(20));
+        assert_eq!(l.limit(), 7);
+        // Bad requests are the caller's doing: not counted.
+        alone(&mut l, Some(ErrorClass::NotRetryable), at_ms(21));
+        assert_eq!(l.error_rate(), Some(0.25));
+        // While the rate stays above, the limit keeps falling, once per cooldown.
+        alone(&mut l, None, at_ms(50));
+        assert_eq!(l.limit(), 7, "within the cooldown");
+        alone(&mut l, None, at_ms(200));
+        assert_eq!(l.limit(), 5);
+    }
+
+    #[test]
+    fn the_limit_grows_only_while_calls_succeed_and_the_quota_is_below_half() {
+        let mut l = limiter(health(8));
+        busy_successes(&mut l, 1, at_ms(0));
+        assert_eq!(l.limit(), 11, "all succeeded, quota unknown: it grows");
+        l.observe_quota(0.6);
+        busy_successes(&mut l, 1, at_ms(10));
+        assert_eq!(l.limit(), 11, "60 % of the quota used: it holds");
+        l.observe_quota(0.95);
+        busy_successes(&mut l, 1, at_ms(20));
+        assert_eq!(l.limit(), 8, "95 % of the quota used: it decreases");
+        l.observe_quota(0.1);
+        busy_successes(&mut l, 1, at_ms(400));
+        assert_eq!(l.limit(), 9);
+        let slot = l.try_acquire().unwrap();
+        l.on_failure(slot, ErrorClass::Connect, at_ms(500));
+        assert_eq!(l.error_rate(), Some(1.0 / 8.0));
+        busy_successes(&mut l, 1, at_ms(600));
+        assert_eq!(
+            l.limit(),
+            9,
+            "87.5 % success over the last 8 is below 95 %: it holds"
+        );
+    }
+
     #[test]
     fn acquires_up_to_the_limit_and_releases() {
         let mut l = limiter(config(3));

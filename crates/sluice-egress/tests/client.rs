@@ -8,7 +8,10 @@ use bytes::Bytes;
 use http::{Method, Response};
 use sluice_core::{BreakerConfig, Clock, Nanos};
 use sluice_egress::classify::ErrorClass;
-use sluice_egress::{Egress, EgressConfig, EgressError, Job, Priority, SendError, TokioClock};
+use sluice_egress::quota::QuotaEvent;
+use sluice_egress::{
+    Egress, EgressConfig, EgressError, EgressEvent, Job, Priority, SendError, TokioClock,
+};
 use sluice_store::MemoryStore;
 use sluice_testkit::upstream::{
     FakeUpstream, FakeUpstreamConfig, FakeUpstreamError, Fault, Served, chat_body, chat_request,
@@ -734,4 +737,64 @@ async fn a_streamed_answer_is_settled_when_it_ends() {
         .await;
     assert_eq!(tokens_today(&egress), Some(42));
     assert_eq!(egress.stats().in_flight, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_subscriber_hears_retries_concurrency_changes_throttle_alerts_and_quota_alerts() {
+    let s = setup(FakeUpstreamConfig::default());
+    let mut config = EgressConfig::new("fake");
+    config.retry.retry_after_spread = Duration::ZERO;
+    config.quota.requests_per_day = Some(4);
+    config.quota.alert_levels = vec![50];
+    config.throttle_alert = sluice_egress::ThrottleAlertConfig {
+        threshold: 0.5,
+        window: 2,
+    };
+    let egress = client(&s, config);
+    let mut events = egress.subscribe();
+    s.upstream.fail_next(
+        1,
+        Fault::ServerError {
+            status: 429,
+            retry_after: Some(Duration::from_millis(1_500)),
+        },
+    );
+    let answer = chat(&egress, &s.upstream, &chat_job()).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let mut heard = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        heard.push(event);
+    }
+    let has = |wanted: &dyn Fn(&EgressEvent) -> bool| heard.iter().any(wanted);
+    assert!(
+        has(&|e| matches!(
+            e,
+            EgressEvent::Retry {
+                attempt: 1,
+                class: ErrorClass::RateLimited,
+                wait,
+            } if *wait == Duration::from_millis(1_500)
+        )),
+        "{heard:?}"
+    );
+    assert!(
+        has(&|e| matches!(e, EgressEvent::Concurrency { from: 10, to: 7 })),
+        "the 429 lowered the limit: {heard:?}"
+    );
+    assert!(
+        has(&|e| matches!(e, EgressEvent::ThrottleAlert { attempts: 2, .. })),
+        "1 of the last 2 attempts throttled: {heard:?}"
+    );
+    assert!(
+        has(&|e| matches!(e, EgressEvent::Quota(QuotaEvent::Alert { level: 50, .. }))),
+        "2 of 4 requests of the day: {heard:?}"
+    );
+    let json = serde_json::to_value(&heard).unwrap();
+    assert!(
+        json.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["event"] == "retry" && e["wait_ms"] == 1500 && e["class"] == "rate_limited"),
+        "{json}"
+    );
 }
