@@ -15,9 +15,9 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 use sluice_core::{AlgorithmKind, Policy, Rate};
 
 use crate::values::{
-    AlertLevels, Concurrency, Entry, LOG_FORMATS, LimitSpec, ServerUrl, Token, at_least_one,
-    parse_alert_levels, parse_base_url, parse_bool, parse_concurrency, parse_count, parse_duration,
-    parse_percent, parse_reason, parse_size, parse_timeout, parse_ttl,
+    AlertLevels, Concurrency, Entry, LOG_FORMATS, LimitSpec, PROGRESS_MODES, ServerUrl, Token,
+    at_least_one, parse_alert_levels, parse_base_url, parse_bool, parse_concurrency, parse_count,
+    parse_duration, parse_percent, parse_reason, parse_size, parse_timeout, parse_ttl,
 };
 
 /// Keep traffic inside its limits: rate limits and quotas for your API and for the APIs you
@@ -403,75 +403,124 @@ pub(crate) fn usage_error(path: &[&str], message: String) -> clap::Error {
 }
 
 /// Flags of `sluice batch`.
+///
+/// Every setting also comes from a `SLUICE_BATCH_*` variable and from the --config file;
+/// each is `None` here unless a flag or a variable set it, so that the file can fill it in
+/// (see `batch::Settings`).
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("target").required(true).args(["upstream", "proxy"])))]
+#[command(group(clap::ArgGroup::new("target").args(["upstream", "proxy"])))]
 #[command(
     after_help = "Each input line: {\"id\": \"a1\", \"method\": \"POST\", \"path\": \"/v1/chat/completions\", \"headers\": {...}, \"body\": {...}, \"priority\": 0}\n\
     Each results line: {\"id\", \"status\", \"body\", \"attempts\", \"latency_ms\"}. Invalid lines and items that\n\
     failed for good go to <state>/dead-letter.jsonl with their line number and reason.\n\n\
+    Settings come from flags, then SLUICE_BATCH_* environment variables, then the --config\n\
+    file (examples/egress/batch.yaml), then the defaults. Logs (stderr) show quota alerts and\n\
+    pauses; SLUICE_LOG sets another filter (e.g. debug).\n\n\
     Exit codes: 0 every item in the results; 3 finished with items in the dead letter;\n\
     130 interrupted (run the same command again to continue); 1 error; 2 bad flags.\n\n\
     Examples:\n  \
     sluice batch --input requests.jsonl --output results.jsonl --upstream https://api.openai.com --rpm 500 --tpm 200000\n  \
     sluice batch --input requests.jsonl --output results.jsonl --proxy http://127.0.0.1:8090\n  \
-    sluice batch --input requests.jsonl --output results.jsonl --upstream https://api.openai.com --retry-failed"
+    sluice batch --input requests.jsonl --output results.jsonl --upstream https://api.openai.com --retry-failed\n  \
+    sluice batch --config batch.yaml --daily-limit 10000 --alert-levels 50,90 --log-format json"
 )]
+#[command(mut_arg("rpm", |arg| arg.env("SLUICE_BATCH_RPM")))]
+#[command(mut_arg("tpm", |arg| arg.env("SLUICE_BATCH_TPM")))]
+#[command(mut_arg("daily_limit", |arg| arg.env("SLUICE_BATCH_DAILY_LIMIT")))]
+#[command(mut_arg("daily_tokens", |arg| arg.env("SLUICE_BATCH_DAILY_TOKENS")))]
+#[command(mut_arg("pause_threshold", |arg| arg.env("SLUICE_BATCH_PAUSE_THRESHOLD")))]
+#[command(mut_arg("alert_levels", |arg| arg.env("SLUICE_BATCH_ALERT_LEVELS")))]
 pub(crate) struct BatchArgs {
-    /// The requests: one JSON object per line.
-    #[arg(long, value_name = "PATH")]
-    pub(crate) input: PathBuf,
+    /// Read the settings from this YAML file (keys as the flags are named, in snake_case:
+    /// input, upstream, rpm, alert_levels, ...). Flags and environment variables override
+    /// it.
+    #[arg(long, value_name = "FILE", env = "SLUICE_BATCH_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+
+    /// The requests: one JSON object per line. Required here, in the environment or in the
+    /// --config file.
+    #[arg(long, value_name = "PATH", env = "SLUICE_BATCH_INPUT")]
+    pub(crate) input: Option<PathBuf>,
 
     /// The results: one JSON object per line, appended to (it records what is done).
-    #[arg(long, value_name = "PATH")]
-    pub(crate) output: PathBuf,
+    /// Required here, in the environment or in the --config file.
+    #[arg(long, value_name = "PATH", env = "SLUICE_BATCH_OUTPUT")]
+    pub(crate) output: Option<PathBuf>,
 
     /// Send to this upstream: each item's path is appended (e.g. https://api.openai.com).
-    #[arg(long, value_name = "URL", value_parser = parse_base_url)]
+    /// This or --proxy is required, here, in the environment or in the --config file.
+    #[arg(long, value_name = "URL", env = "SLUICE_BATCH_UPSTREAM", value_parser = parse_base_url)]
     pub(crate) upstream: Option<String>,
 
     /// Send through this `sluice proxy` instead (its base URL); requests carry their
     /// priority in x-sluice-priority.
-    #[arg(long, value_name = "URL", value_parser = parse_base_url)]
+    #[arg(long, value_name = "URL", env = "SLUICE_BATCH_PROXY", value_parser = parse_base_url)]
     pub(crate) proxy: Option<String>,
 
     /// Where the dead letter, the in-flight journal and the quota state live (default:
     /// <output>.state next to the results).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", env = "SLUICE_BATCH_STATE")]
     pub(crate) state: Option<PathBuf>,
 
-    /// Requests in flight at once: auto (adaptive, 1 to 100) or a fixed number.
-    #[arg(long, value_name = "auto|N", default_value = "auto", value_parser = parse_concurrency)]
-    pub(crate) concurrency: Concurrency,
+    /// Requests in flight at once: auto (adaptive, 1 to 100) or a fixed number (default
+    /// auto).
+    #[arg(long, value_name = "auto|N", env = "SLUICE_BATCH_CONCURRENCY", value_parser = parse_concurrency)]
+    pub(crate) concurrency: Option<Concurrency>,
 
-    /// Send the items that failed for good in an earlier run again.
-    #[arg(long)]
-    pub(crate) retry_failed: bool,
+    /// Send the items that failed for good in an earlier run again. --retry-failed=false
+    /// turns off what the config file turned on.
+    #[arg(
+        long,
+        value_name = "BOOL",
+        env = "SLUICE_BATCH_RETRY_FAILED",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = parse_bool
+    )]
+    pub(crate) retry_failed: Option<bool>,
 
     #[command(flatten)]
     pub(crate) quota: QuotaArgs,
 
     /// How long one item may wait for the quota or a failing upstream before it fails for
-    /// good: e.g. 30m, 24h.
-    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
-    pub(crate) max_wait: Duration,
+    /// good: e.g. 30m, 24h (default 24h).
+    #[arg(long, value_name = "DURATION", env = "SLUICE_BATCH_MAX_WAIT", value_parser = parse_duration)]
+    pub(crate) max_wait: Option<Duration>,
 
-    /// How long one attempt may take before it times out.
-    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
-    pub(crate) timeout: Duration,
+    /// How long one attempt may take before it times out (default 10m).
+    #[arg(long, value_name = "DURATION", env = "SLUICE_BATCH_TIMEOUT", value_parser = parse_timeout)]
+    pub(crate) timeout: Option<Duration>,
 
     /// Do not send Idempotency-Key headers (then a POST is not retried after a timeout or
-    /// a broken connection).
-    #[arg(long)]
-    pub(crate) no_idempotency_key: bool,
+    /// a broken connection). --no-idempotency-key=false turns off what the config file
+    /// turned on.
+    #[arg(
+        long,
+        value_name = "BOOL",
+        env = "SLUICE_BATCH_NO_IDEMPOTENCY_KEY",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = parse_bool
+    )]
+    pub(crate) no_idempotency_key: Option<bool>,
 
-    /// How to show progress: a bar on a terminal, else a log line every few seconds.
-    #[arg(long, value_name = "HOW", default_value = "auto", value_parser = ["auto", "bar", "log", "none"])]
-    pub(crate) progress: String,
+    /// How to show progress: a bar on a terminal, else a log line every few seconds
+    /// (default auto).
+    #[arg(long, value_name = "HOW", env = "SLUICE_BATCH_PROGRESS", value_parser = PROGRESS_MODES)]
+    pub(crate) progress: Option<String>,
+
+    /// Log lines for humans or one JSON object per line, progress lines included (default
+    /// human).
+    #[arg(long, value_name = "FORMAT", env = "SLUICE_BATCH_LOG_FORMAT", value_parser = LOG_FORMATS)]
+    pub(crate) log_format: Option<String>,
 }
 
 /// The upstream's quota as `sluice proxy` and `sluice batch` both take it: one
-/// declaration, one validation. The proxy reads each from a `SLUICE_PROXY_*` variable too
-/// (see [`ProxyArgs`]), and from its config file; `sluice batch` from the flags only.
+/// declaration, one validation. Each subcommand gives every flag its variable
+/// (`SLUICE_PROXY_RPM`, `SLUICE_BATCH_RPM`, ...) and reads the same keys from its config
+/// file (`crate::settings::QuotaSettings`).
 #[derive(Debug, Args)]
 pub(crate) struct QuotaArgs {
     /// The upstream's requests per minute, when known in advance (the pace starts there;
@@ -488,15 +537,21 @@ pub(crate) struct QuotaArgs {
     #[arg(long, value_name = "N", value_parser = at_least_one)]
     pub(crate) daily_limit: Option<u64>,
 
+    /// Tokens per UTC day (counted from the answers' usage), kept as --daily-limit is.
+    #[arg(long, value_name = "N", value_parser = at_least_one)]
+    pub(crate) daily_tokens: Option<u64>,
+
     /// Pause batch work at this percentage of any quota until its reset, 1 to 100
     /// (default 80). In the proxy, requests sent with x-sluice-priority: interactive go on
     /// to 100.
     #[arg(long, value_name = "P", value_parser = parse_percent)]
     pub(crate) pause_threshold: Option<u8>,
-}
 
-/// The pause threshold when none is set: 80 %.
-pub(crate) const DEFAULT_PAUSE_THRESHOLD: u8 = 80;
+    /// Quota usage percentages that log an alert, ascending (warning, critical...,
+    /// emergency; default 60,80,95).
+    #[arg(long, value_name = "P,P,...", value_parser = parse_alert_levels)]
+    pub(crate) alert_levels: Option<AlertLevels>,
+}
 
 /// Flags of `sluice proxy`.
 ///
@@ -518,7 +573,9 @@ pub(crate) const DEFAULT_PAUSE_THRESHOLD: u8 = 80;
 #[command(mut_arg("rpm", |arg| arg.env("SLUICE_PROXY_RPM")))]
 #[command(mut_arg("tpm", |arg| arg.env("SLUICE_PROXY_TPM")))]
 #[command(mut_arg("daily_limit", |arg| arg.env("SLUICE_PROXY_DAILY_LIMIT")))]
+#[command(mut_arg("daily_tokens", |arg| arg.env("SLUICE_PROXY_DAILY_TOKENS")))]
 #[command(mut_arg("pause_threshold", |arg| arg.env("SLUICE_PROXY_PAUSE_THRESHOLD")))]
+#[command(mut_arg("alert_levels", |arg| arg.env("SLUICE_PROXY_ALERT_LEVELS")))]
 pub(crate) struct ProxyArgs {
     /// Read the settings from this YAML file (keys as the flags are named, in snake_case:
     /// upstream, rpm, pause_threshold, ...). Flags and environment variables override it.
@@ -553,15 +610,6 @@ pub(crate) struct ProxyArgs {
 
     #[command(flatten)]
     pub(crate) quota: QuotaArgs,
-
-    /// Tokens per UTC day.
-    #[arg(long, value_name = "N", env = "SLUICE_PROXY_DAILY_TOKENS", value_parser = at_least_one)]
-    pub(crate) daily_tokens: Option<u64>,
-
-    /// Quota usage percentages that log an alert, ascending (warning, critical...,
-    /// emergency; default 60,80,95).
-    #[arg(long, value_name = "P,P,...", env = "SLUICE_PROXY_ALERT_LEVELS", value_parser = parse_alert_levels)]
-    pub(crate) alert_levels: Option<AlertLevels>,
 
     /// The most requests in flight to the upstream at once (the adaptive limit stays at or
     /// below it; default 100).
@@ -609,6 +657,31 @@ pub(crate) struct ProxyArgs {
     /// Log lines for humans or one JSON object per line (default human).
     #[arg(long, value_name = "FORMAT", value_parser = LOG_FORMATS)]
     pub(crate) log_format: Option<String>,
+}
+
+/// `sluice COMMAND FLAGS...` parsed, for tests.
+#[cfg(test)]
+fn parse_command(command: &str, flags: &[&str]) -> Result<Command, clap::Error> {
+    let all = ["sluice", command].into_iter().chain(flags.iter().copied());
+    Cli::try_parse_from(all).map(|cli| cli.command)
+}
+
+/// The flags of `sluice proxy FLAGS...`, for tests.
+#[cfg(test)]
+pub(crate) fn proxy_args(flags: &[&str]) -> Result<ProxyArgs, clap::Error> {
+    match parse_command("proxy", flags)? {
+        Command::Proxy(args) => Ok(args),
+        other => panic!("parsed as {other:?}"),
+    }
+}
+
+/// The flags of `sluice batch FLAGS...`, for tests.
+#[cfg(test)]
+pub(crate) fn batch_args(flags: &[&str]) -> Result<BatchArgs, clap::Error> {
+    match parse_command("batch", flags)? {
+        Command::Batch(args) => Ok(args),
+        other => panic!("parsed as {other:?}"),
+    }
 }
 
 #[cfg(test)]
@@ -677,12 +750,7 @@ mod tests {
     }
 
     fn proxy(args: &[&str]) -> Result<ProxyArgs, ErrorKind> {
-        let mut all = vec!["sluice", "proxy"];
-        all.extend_from_slice(args);
-        match Cli::try_parse_from(all).map_err(|e| e.kind())?.command {
-            Command::Proxy(args) => Ok(args),
-            other => panic!("parsed as {other:?}"),
-        }
+        proxy_args(args).map_err(|e| e.kind())
     }
 
     #[test]
@@ -730,7 +798,7 @@ mod tests {
         };
         assert_eq!(args.quota.rpm, Some(10));
         assert_eq!(args.quota.pause_threshold, Some(95));
-        // The proxy's quota flags have their variables; the batch's have none.
+        // Each subcommand gives the quota flags variables of its own.
         let mut cli = Cli::command();
         cli.build();
         let env = |command: &str, arg: &str| {
@@ -743,7 +811,14 @@ mod tests {
             env("proxy", "pause_threshold").as_deref(),
             Some("SLUICE_PROXY_PAUSE_THRESHOLD")
         );
-        assert_eq!(env("batch", "rpm"), None);
-        assert_eq!(env("batch", "daily_limit"), None);
+        assert_eq!(env("batch", "rpm").as_deref(), Some("SLUICE_BATCH_RPM"));
+        assert_eq!(
+            env("batch", "alert_levels").as_deref(),
+            Some("SLUICE_BATCH_ALERT_LEVELS")
+        );
+        assert_eq!(
+            env("proxy", "daily_tokens").as_deref(),
+            Some("SLUICE_PROXY_DAILY_TOKENS")
+        );
     }
 }

@@ -14,6 +14,7 @@ mod cli;
 mod process;
 mod proxy;
 mod serve;
+mod settings;
 mod values;
 
 use std::io;

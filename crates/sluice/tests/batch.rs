@@ -135,6 +135,39 @@ impl Job {
         )
     }
 
+    /// `sluice batch ARGS` with `env`, run in this job's directory (so a config file's
+    /// relative paths are the job's files) with nothing else set: no `SLUICE_LOG`, so the
+    /// default log filter applies. Stdout and stderr go to files named after `run`.
+    fn run_bare(
+        &self,
+        run: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> (ExitStatus, String, String) {
+        let stdout = std::fs::File::create(self.dir.join(format!("{run}.out"))).unwrap();
+        let stderr = std::fs::File::create(self.dir.join(format!("{run}.err"))).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        command.arg("batch").args(args).current_dir(&self.dir);
+        for (name, _) in std::env::vars() {
+            if name.starts_with("SLUICE_") || name == "RUST_LOG" {
+                command.env_remove(name);
+            }
+        }
+        let mut child = command
+            .envs(env.iter().copied())
+            .stdout(stdout)
+            .stderr(stderr)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let status = wait(&mut child);
+        (
+            status,
+            self.text(&format!("{run}.out")),
+            self.text(&format!("{run}.err")),
+        )
+    }
+
     fn text(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.join(name)).unwrap_or_default()
     }
@@ -479,4 +512,283 @@ fn bad_flags_name_the_flag_and_value() {
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--upstream"));
+}
+
+/// Every line of a log, each parsed as a JSON object (a line that is not fails the test).
+fn json_lines(log: &str) -> Vec<Value> {
+    log.lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}\n{log}")))
+        .collect()
+}
+
+/// The levels of the quota alerts about requests per day in a JSON log.
+fn daily_alert_levels(lines: &[Value]) -> Vec<u64> {
+    lines
+        .iter()
+        .filter(|line| {
+            let fields = &line["fields"];
+            fields["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("quota alert"))
+                && fields["dimension"] == "requests_per_day"
+        })
+        .map(|line| line["fields"]["level"].as_u64().unwrap())
+        .collect()
+}
+
+/// The message of the first line of a JSON log whose message starts with `start`.
+fn message<'a>(lines: &'a [Value], start: &str) -> Option<&'a str> {
+    lines
+        .iter()
+        .filter_map(|line| line["fields"]["message"].as_str())
+        .find(|m| m.starts_with(start))
+}
+
+#[test]
+fn json_logs_show_the_first_quota_alert_of_a_daily_limit_by_default() {
+    let fake = Fake::start(FakeUpstreamConfig {
+        rpm: 30_000,
+        tpm: 0,
+        ..FakeUpstreamConfig::default()
+    });
+    let job = Job::new("cli-batch-json", &items(14));
+    let url = fake.url();
+    // 14 of 20 requests a day: 70 %, past the first of the default levels (60, 80, 95)
+    // and short of the pause threshold (80).
+    let (status, out, err) = job.run_bare(
+        "run",
+        &[
+            "--input",
+            "requests.jsonl",
+            "--output",
+            "results.jsonl",
+            "--upstream",
+            &url,
+            "--daily-limit",
+            "20",
+            "--progress",
+            "log",
+            "--log-format",
+            "json",
+        ],
+        &[],
+    );
+    assert!(status.success(), "{status}\n{out}\n{err}");
+    assert!(out.contains("batch finished"), "{out}");
+    let lines = json_lines(&err);
+    // The warning level is logged at info, and the default filter shows it.
+    let alert = lines
+        .iter()
+        .find(|line| {
+            line["fields"]["dimension"] == "requests_per_day"
+                && line["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("quota alert"))
+        })
+        .unwrap_or_else(|| panic!("no quota alert in:\n{err}"));
+    assert_eq!(alert["level"], "INFO", "{alert}");
+    assert_eq!(alert["fields"]["level"], 60, "{alert}");
+    assert_eq!(alert["fields"]["severity"], "warning", "{alert}");
+    assert_eq!(daily_alert_levels(&lines), [60]);
+    // The startup line and the progress lines are JSON too, with their numbers as fields.
+    let start =
+        message(&lines, "sluice batch: requests.jsonl to ").unwrap_or_else(|| panic!("{err}"));
+    assert!(start.contains("20 requests/day"), "{start}");
+    let last = lines
+        .iter()
+        .rev()
+        .find(|line| line["fields"]["total"].is_u64())
+        .unwrap_or_else(|| panic!("no progress line in:\n{err}"));
+    assert_eq!(last["fields"]["done"], 14, "{last}");
+    assert!(
+        last["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("batch: 14/14")),
+        "{last}"
+    );
+    assert!(!err.contains("sk-test-not-logged"));
+}
+
+#[test]
+fn a_config_file_sets_the_batch_and_flags_and_variables_override_it() {
+    let fake = Fake::start(FakeUpstreamConfig {
+        rpm: 30_000,
+        tpm: 0,
+        ..FakeUpstreamConfig::default()
+    });
+    let job = Job::new("cli-batch-config", &items(40));
+    std::fs::write(
+        job.dir.join("batch.yaml"),
+        format!(
+            "# the batch of this test\n\
+             input: requests.jsonl\n\
+             upstream: {}\n\
+             daily_limit: 100\n\
+             alert_levels: [10]\n\
+             progress: log\n\
+             log_format: json\n",
+            fake.url()
+        ),
+    )
+    .unwrap();
+    // Each run has results (and so a state directory, with its daily count) of its own;
+    // 40 of 100 requests a day cross every level below 40 %.
+    let mut levels = Vec::new();
+    let mut logs = Vec::new();
+    for (run, flags, env) in [
+        ("file", &[][..], &[][..]),
+        ("flag", &["--alert-levels", "20"][..], &[][..]),
+        (
+            "variable",
+            &[][..],
+            &[("SLUICE_BATCH_ALERT_LEVELS", "30")][..],
+        ),
+        (
+            "both",
+            &["--alert-levels", "20"][..],
+            &[("SLUICE_BATCH_ALERT_LEVELS", "30")][..],
+        ),
+    ] {
+        let output = format!("{run}.jsonl");
+        let mut args = vec!["--config", "batch.yaml", "--output", output.as_str()];
+        args.extend_from_slice(flags);
+        let (status, out, err) = job.run_bare(run, &args, env);
+        assert!(status.success(), "{run}: {status}\n{out}\n{err}");
+        assert_eq!(count_lines(&job.dir.join(&output)), 40, "{run}");
+        let lines = json_lines(&err);
+        levels.push(daily_alert_levels(&lines));
+        logs.push(
+            message(&lines, "settings from")
+                .unwrap_or_else(|| panic!("{run}: no settings line in\n{err}"))
+                .to_owned(),
+        );
+    }
+    assert_eq!(
+        levels,
+        [vec![10], vec![20], vec![30], vec![20]],
+        "file, flag over file, variable over file, flag over variable"
+    );
+    assert!(
+        logs[0].ends_with(
+            "batch.yaml: alert_levels, daily_limit, input, log_format, progress, upstream"
+        ),
+        "{}",
+        logs[0]
+    );
+    assert!(
+        logs[1].ends_with("batch.yaml: daily_limit, input, log_format, progress, upstream"),
+        "{}",
+        logs[1]
+    );
+    assert_eq!(fake.upstream.stats().ok, 160);
+}
+
+#[test]
+fn a_bad_config_file_is_a_usage_error_naming_the_file_line_key_and_value() {
+    let job = Job::new("cli-batch-bad-config", &items(1));
+    let file = job.dir.join("batch.yaml");
+    let shown = "batch.yaml";
+    let target = "input: requests.jsonl\noutput: results.jsonl\nupstream: http://127.0.0.1:9\n";
+    for (text, flags, env, expected) in [
+        (
+            format!("{target}rpm: 0\n"),
+            &[][..],
+            &[][..],
+            format!("{shown}:4: invalid value '0' for 'rpm': must be at least 1"),
+        ),
+        (
+            format!("{target}\nalert_levels: [60, 95, 80]\n"),
+            &[][..],
+            &[][..],
+            format!(
+                "{shown}:5: invalid value '60,95,80' for 'alert_levels': levels must be ascending"
+            ),
+        ),
+        (
+            format!("{target}max_wait: soon\n"),
+            &[][..],
+            &[][..],
+            format!("{shown}:4: invalid value 'soon' for 'max_wait'"),
+        ),
+        (
+            format!("concurrency: lots\n{target}"),
+            &[][..],
+            &[][..],
+            format!(
+                "{shown}:1: invalid value 'lots' for 'concurrency': expected auto or a number ≥ 1"
+            ),
+        ),
+        (
+            // Even a value a flag overrides.
+            format!("{target}daily_tokens: many\n"),
+            &["--daily-tokens", "5"][..],
+            &[][..],
+            format!("{shown}:4: invalid value 'many' for 'daily_tokens'"),
+        ),
+        (
+            format!("{target}max-wait: 1h\n"),
+            &[][..],
+            &[][..],
+            format!("{shown}:4: unknown setting 'max-wait' (did you mean 'max_wait'?)"),
+        ),
+        (
+            format!("{target}requests_per_minute: 500\n"),
+            &[][..],
+            &[][..],
+            format!("{shown}:4: unknown setting 'requests_per_minute'; the settings are input,"),
+        ),
+        (
+            format!("{target}rpm: 5\nrpm: 6\n"),
+            &[][..],
+            &[][..],
+            format!("{shown}:5: 'rpm' is set twice (first on line 4)"),
+        ),
+        (
+            format!("{target}proxy: http://127.0.0.1:8090\n"),
+            &[][..],
+            &[][..],
+            format!(
+                "'upstream' in {shown}:3 and 'proxy' in {shown}:4 both say where to send the requests"
+            ),
+        ),
+        (
+            "input: requests.jsonl\noutput: results.jsonl\n".to_owned(),
+            &[][..],
+            &[][..],
+            "nowhere to send the requests".to_owned(),
+        ),
+        (
+            // The file named by the variable, and a variable's bad value.
+            format!("{target}rpm: 0\n"),
+            &["--config", "none.yaml"][..],
+            &[("SLUICE_BATCH_CONFIG", "batch.yaml")][..],
+            "invalid value 'none.yaml' for '--config <FILE>': cannot read it".to_owned(),
+        ),
+        (
+            target.to_owned(),
+            &[][..],
+            &[("SLUICE_BATCH_TPM", "zero")][..],
+            "invalid value 'zero' for '--tpm <N>'".to_owned(),
+        ),
+    ] {
+        std::fs::write(&file, &text).unwrap();
+        let mut args = flags.to_vec();
+        if !args.contains(&"--config")
+            && !env.iter().any(|(name, _)| *name == "SLUICE_BATCH_CONFIG")
+        {
+            args.extend_from_slice(&["--config", shown]);
+        }
+        let (status, out, err) = job.run_bare("bad", &args, env);
+        assert_eq!(status.code(), Some(2), "{text:?}: {out}\n{err}");
+        assert!(err.contains(&expected), "{text:?}: {err}");
+    }
+    // The variable names the file when no flag does.
+    std::fs::write(&file, format!("{target}rpm: 0\n")).unwrap();
+    let (status, _, err) = job.run_bare("variable", &[], &[("SLUICE_BATCH_CONFIG", shown)]);
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("{shown}:4: invalid value '0' for 'rpm'")),
+        "{err}"
+    );
+    assert!(job.results().is_empty());
 }

@@ -1,12 +1,6 @@
 //! `sluice proxy`: its settings (flags and environment variables over the `--config`
-//! file over defaults), logging, the listener and signals around
+//! file over defaults, see `crate::settings`), logging, the listener and signals around
 //! [`sluice_egress::proxy::serve`].
-//!
-//! The config file is YAML, one key per setting, named as the flags are in snake_case
-//! (`pause_threshold` for `--pause-threshold`), each value in the flag's own syntax and
-//! checked by the flag's own parser, so that a file and a command line mean the same. Its
-//! errors name the file, the line, the key and the value, as a flag's name the flag and
-//! the value; an unknown key is an error, not a silently ignored typo.
 
 use anyhow::Context as _;
 use sluice_egress::proxy::ProxyConfig;
@@ -20,7 +14,6 @@ use crate::cli::ProxyArgs;
 use crate::process::{init_logging, shutdown_signal};
 use settings::{Settings, egress_config, explain, proxy_config};
 
-mod file;
 mod settings;
 
 /// Runs the proxy until Ctrl-C or SIGTERM.
@@ -62,7 +55,7 @@ async fn connect(url: &str, settings: &Settings) -> anyhow::Result<RedisStore> {
         format!(
             "cannot connect to Redis at {} ({})",
             redact_all(url),
-            settings.origin("redis")
+            settings.origins.origin("redis")
         )
     })
 }
@@ -84,7 +77,7 @@ async fn listen<S: Store + 'static>(
         format!(
             "cannot listen on {} ({})",
             settings.listen,
-            settings.origin("listen")
+            settings.origins.origin("listen")
         )
     })?;
     let addr = listener.local_addr()?;
@@ -95,48 +88,28 @@ async fn listen<S: Store + 'static>(
         "sluice proxy listening on http://{addr}, forwarding to {} (health at /_sluice/healthz, metrics at /_sluice/metrics)",
         proxy.upstream
     );
-    if let Some((path, taken)) = &settings.file {
-        let keys: Vec<&str> = taken.keys().copied().collect();
-        tracing::info!(
-            config = %path,
-            "settings from {path}: {}",
-            if keys.is_empty() { "none (flags and environment override all)".to_owned() } else { keys.join(", ") }
-        );
+    if let Some((path, note)) = settings.origins.file_note() {
+        tracing::info!(config = %path, "{note}");
     }
-    let config = describe(settings);
+    let quota = &settings.quota;
     tracing::info!(
-        rpm = settings.rpm,
-        tpm = settings.tpm,
-        daily_limit = settings.daily_limit,
-        daily_tokens = settings.daily_tokens,
-        pause_threshold = settings.pause_threshold,
+        rpm = quota.rpm,
+        tpm = quota.tpm,
+        daily_limit = quota.daily_limit,
+        daily_tokens = quota.daily_tokens,
+        pause_threshold = quota.pause_threshold,
         max_concurrency = settings.max_concurrency,
         max_attempts = settings.max_attempts,
         coalesce = settings.coalesce,
-        "quota settings: {config}"
+        "quota settings: {}, {}",
+        quota.describe(),
+        if settings.coalesce {
+            "identical requests in flight coalesced"
+        } else {
+            "no coalescing"
+        }
     );
     sluice_egress::proxy::serve(proxy, listener, egress, shutdown_signal()).await?;
     tracing::info!("sluice proxy stopped");
     Ok(())
-}
-
-fn describe(settings: &Settings) -> String {
-    let known = |value: Option<u64>, unit: &str| {
-        value.map_or_else(
-            || format!("{unit} learned from headers"),
-            |v| format!("{v} {unit}"),
-        )
-    };
-    let coalescing = if settings.coalesce {
-        "identical requests in flight coalesced"
-    } else {
-        "no coalescing"
-    };
-    format!(
-        "{}, {}, pause batch work at {} %, alerts at {:?} %, {coalescing}",
-        known(settings.rpm, "requests/min"),
-        known(settings.tpm, "tokens/min"),
-        settings.pause_threshold,
-        settings.alert_levels
-    )
 }

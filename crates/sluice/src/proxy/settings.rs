@@ -1,7 +1,6 @@
 //! `sluice proxy`'s settings, merged (flags and environment variables over the `--config`
 //! file over defaults), and the proxy's and egress client's configurations made from them.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,11 +9,38 @@ use sluice_egress::proxy::{DEFAULT_MAX_REQUEST_BODY, ProxyConfig, ProxyConfigErr
 use sluice_egress::quota::QuotaError;
 use sluice_egress::{EgressConfig, EgressConfigError};
 
-use super::file::{self, ConfigFile};
-use crate::cli::{DEFAULT_PAUSE_THRESHOLD, ProxyArgs, usage_error};
+use crate::cli::ProxyArgs;
+use crate::settings::{ConfigFile, FileKeys, Merge, Origins, QuotaSettings};
 use crate::values::{
-    LOG_FORMATS, at_least_one, parse_alert_levels, parse_bool, parse_count, parse_listen,
-    parse_log_format, parse_percent, parse_size, parse_text, parse_timeout,
+    LOG_FORMATS, parse_bool, parse_count, parse_listen, parse_log_format, parse_path, parse_size,
+    parse_text, parse_timeout,
+};
+
+/// The keys of the config file: the flags' names in snake_case (`root_endpoints`, true
+/// by default, stands for `--no-root-endpoints`), in the order errors list them.
+pub(super) const FILE_KEYS: FileKeys = FileKeys {
+    command: "proxy",
+    keys: &[
+        "upstream",
+        "listen",
+        "redis",
+        "name",
+        "rpm",
+        "tpm",
+        "daily_limit",
+        "daily_tokens",
+        "pause_threshold",
+        "alert_levels",
+        "max_concurrency",
+        "max_attempts",
+        "attempt_timeout",
+        "max_request_body",
+        "state_file",
+        "coalesce",
+        "root_endpoints",
+        "log_format",
+    ],
+    lists: &["alert_levels"],
 };
 
 /// `sluice proxy`'s settings: each from its flag or environment variable, else from the
@@ -25,12 +51,7 @@ pub(super) struct Settings {
     pub(super) listen: SocketAddr,
     pub(super) redis: Option<String>,
     name: Option<String>,
-    pub(super) rpm: Option<u64>,
-    pub(super) tpm: Option<u64>,
-    pub(super) daily_limit: Option<u64>,
-    pub(super) daily_tokens: Option<u64>,
-    pub(super) pause_threshold: u8,
-    pub(super) alert_levels: Vec<u8>,
+    pub(super) quota: QuotaSettings,
     pub(super) max_concurrency: Option<u32>,
     pub(super) max_attempts: u32,
     attempt_timeout: Duration,
@@ -39,8 +60,8 @@ pub(super) struct Settings {
     pub(super) coalesce: bool,
     root_endpoints: bool,
     pub(super) log_format: String,
-    /// The config file's path, and the line of each setting taken from it.
-    pub(super) file: Option<(String, BTreeMap<&'static str, usize>)>,
+    /// Which settings came from the config file.
+    pub(super) origins: Origins,
 }
 
 /// Where the proxy listens when nothing says.
@@ -53,39 +74,6 @@ const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 /// How long an attempt may wait for its answer to begin when nothing says.
 const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// Alert levels when nothing says.
-const DEFAULT_ALERT_LEVELS: [u8; 3] = [60, 80, 95];
-
-/// Picks each setting from the flags, else the file, and remembers which came from the
-/// file. Every value of the file is parsed, even one a flag overrides: a mistake in the
-/// file is reported now, not when the flag is gone.
-struct Merge<'a> {
-    file: Option<&'a ConfigFile>,
-    taken: BTreeMap<&'static str, usize>,
-}
-
-impl Merge<'_> {
-    fn pick<T>(
-        &mut self,
-        key: &'static str,
-        given: Option<T>,
-        parse: impl Fn(&str) -> Result<T, String>,
-    ) -> Result<Option<T>, clap::Error> {
-        let from_file = match self.file {
-            Some(file) => file.value(key, parse)?,
-            None => None,
-        };
-        Ok(match (given, from_file) {
-            (Some(value), _) => Some(value),
-            (None, Some((value, line))) => {
-                self.taken.insert(key, line);
-                Some(value)
-            }
-            (None, None) => None,
-        })
-    }
-}
-
 impl Settings {
     /// The settings from `args` and the `--config` file they name, if any.
     ///
@@ -94,47 +82,36 @@ impl Settings {
     /// A usage error: the file cannot be read, a value in it is bad (named with the file,
     /// line, key and value), or no upstream is set anywhere.
     pub(super) fn resolve(args: &ProxyArgs) -> Result<Self, clap::Error> {
-        let file = args.config.as_deref().map(ConfigFile::read).transpose()?;
+        let file = args
+            .config
+            .as_deref()
+            .map(|path| ConfigFile::read(path, &FILE_KEYS))
+            .transpose()?;
         Self::merge(args, file.as_ref())
     }
 
     fn merge(args: &ProxyArgs, file: Option<&ConfigFile>) -> Result<Self, clap::Error> {
-        let mut m = Merge {
-            file,
-            taken: BTreeMap::new(),
-        };
+        let mut m = Merge::new(FILE_KEYS.command, file);
         // In the order of the flags; every value of the file is checked.
-        let quota = &args.quota;
         let upstream = m.pick("upstream", args.upstream.clone(), parse_text)?;
         let listen = m.pick("listen", args.listen, parse_listen)?;
         let redis = m.pick("redis", args.redis.clone(), parse_text)?;
         let name = m.pick("name", args.name.clone(), parse_text)?;
-        let rpm = m.pick("rpm", quota.rpm, at_least_one)?;
-        let tpm = m.pick("tpm", quota.tpm, at_least_one)?;
-        let daily_limit = m.pick("daily_limit", quota.daily_limit, at_least_one)?;
-        let daily_tokens = m.pick("daily_tokens", args.daily_tokens, at_least_one)?;
-        let pause_threshold = m.pick("pause_threshold", quota.pause_threshold, parse_percent)?;
-        let alert_levels = m.pick(
-            "alert_levels",
-            args.alert_levels.clone(),
-            parse_alert_levels,
-        )?;
+        let quota = QuotaSettings::merge(&args.quota, &mut m)?;
         let max_concurrency = m.pick("max_concurrency", args.max_concurrency, parse_count)?;
         let max_attempts = m.pick("max_attempts", args.max_attempts, parse_count)?;
         let attempt_timeout = m.pick("attempt_timeout", args.attempt_timeout, parse_timeout)?;
         let max_request_body = m.pick("max_request_body", args.max_request_body, parse_size)?;
-        let state_file = m.pick("state_file", args.state_file.clone(), |text| {
-            parse_text(text).map(PathBuf::from)
-        })?;
+        let state_file = m.pick("state_file", args.state_file.clone(), parse_path)?;
         let coalesce = m.pick("coalesce", args.coalesce, parse_bool)?;
         // The flag only turns them off: without it, the file decides.
         let given_root = args.no_root_endpoints.then_some(false);
         let root_endpoints = m.pick("root_endpoints", given_root, parse_bool)?;
         let log_format = m.pick("log_format", args.log_format.clone(), parse_log_format)?;
+        let origins = m.finish();
 
         let Some(upstream) = upstream else {
-            return Err(usage_error(
-                &["proxy"],
+            return Err(origins.usage(
                 "no upstream to forward to: give --upstream URL, set SLUICE_PROXY_UPSTREAM, \
                  or write `upstream: URL` in the --config file"
                     .to_owned(),
@@ -145,12 +122,7 @@ impl Settings {
             listen: listen.unwrap_or(DEFAULT_LISTEN),
             redis,
             name,
-            rpm,
-            tpm,
-            daily_limit,
-            daily_tokens,
-            pause_threshold: pause_threshold.unwrap_or(DEFAULT_PAUSE_THRESHOLD),
-            alert_levels: alert_levels.map_or_else(|| DEFAULT_ALERT_LEVELS.to_vec(), |a| a.0),
+            quota,
             max_concurrency,
             max_attempts: max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
             attempt_timeout: attempt_timeout.unwrap_or(DEFAULT_ATTEMPT_TIMEOUT),
@@ -159,34 +131,8 @@ impl Settings {
             coalesce: coalesce.unwrap_or(false),
             root_endpoints: root_endpoints.unwrap_or(true),
             log_format: log_format.unwrap_or_else(|| LOG_FORMATS[0].to_owned()),
-            file: file.map(|f| (f.path.clone(), m.taken)),
+            origins,
         })
-    }
-
-    /// The file and line the setting `key` was taken from, if it was.
-    fn file_line(&self, key: &str) -> Option<(&str, usize)> {
-        let (path, taken) = self.file.as_ref()?;
-        Some((path, *taken.get(key)?))
-    }
-
-    /// Where the setting `key` came from, for messages: `'--listen'`, or `'listen' in
-    /// egress.yaml:3`.
-    pub(super) fn origin(&self, key: &str) -> String {
-        match self.file_line(key) {
-            Some((path, line)) => format!("'{key}' in {path}:{line}"),
-            None => format!("'--{}'", key.replace('_', "-")),
-        }
-    }
-
-    /// A usage error about the value of `key`, worded as a bad flag's (`invalid value 'V'
-    /// for '--flag <VALUE>': why`) or a bad line of the file (`file:line: invalid value 'V'
-    /// for 'key': why`).
-    fn invalid(&self, key: &str, flag: &str, value: &str, reason: &str) -> clap::Error {
-        let message = match self.file_line(key) {
-            Some((path, line)) => file::invalid_value(path, line, key, value, reason),
-            None => format!("invalid value '{value}' for '{flag}': {reason}"),
-        };
-        usage_error(&["proxy"], message)
     }
 }
 
@@ -195,15 +141,14 @@ impl Settings {
 pub(super) fn proxy_config(settings: &Settings) -> Result<ProxyConfig, clap::Error> {
     let mut config = ProxyConfig::new(&settings.upstream).map_err(|e| match &e {
         ProxyConfigError::Upstream { url, reason } => {
-            settings.invalid("upstream", "--upstream <URL>", url, reason)
+            settings
+                .origins
+                .invalid("upstream", "--upstream <URL>", url, reason)
         }
-        other => usage_error(
-            &["proxy"],
-            format!(
-                "invalid upstream ({}): {other}",
-                settings.origin("upstream")
-            ),
-        ),
+        other => settings.origins.usage(format!(
+            "invalid upstream ({}): {other}",
+            settings.origins.origin("upstream")
+        )),
     })?;
     config.max_request_body = settings.max_request_body;
     config.attempt_timeout = settings.attempt_timeout;
@@ -219,14 +164,7 @@ pub(super) fn egress_config(settings: &Settings, proxy: &ProxyConfig) -> EgressC
         .clone()
         .unwrap_or_else(|| proxy.upstream.authority().to_string());
     let mut config = EgressConfig::new(name);
-    config.pace.requests_per_minute = settings.rpm;
-    config.pace.tokens_per_minute = settings.tpm;
-    config.quota.requests_per_minute = settings.rpm;
-    config.quota.tokens_per_minute = settings.tpm;
-    config.quota.requests_per_day = settings.daily_limit;
-    config.quota.tokens_per_day = settings.daily_tokens;
-    config.quota.pause_threshold = settings.pause_threshold;
-    config.quota.alert_levels.clone_from(&settings.alert_levels);
+    settings.quota.apply(&mut config);
     if let Some(max) = settings.max_concurrency {
         config.concurrency.max = max;
         config.concurrency.initial = config.concurrency.initial.min(max);
@@ -247,7 +185,7 @@ pub(super) fn explain(error: &EgressConfigError, settings: &Settings) -> String 
         }
         (_, Some(_)) => format!(
             "cannot use the state file ({}): {error}",
-            settings.origin("state_file")
+            settings.origins.origin("state_file")
         ),
     }
 }
@@ -257,26 +195,16 @@ mod tests {
     use super::*;
 
     fn args(flags: &[&str]) -> ProxyArgs {
-        use clap::Parser as _;
-        let mut all = vec!["sluice", "proxy"];
-        all.extend_from_slice(flags);
-        match crate::cli::Cli::try_parse_from(all)
-            .expect("valid flags")
-            .command
-        {
-            crate::cli::Command::Proxy(args) => args,
-            other => panic!("parsed as {other:?}"),
-        }
+        crate::cli::proxy_args(flags).expect("valid flags")
     }
 
     fn file(text: &str) -> Result<ConfigFile, String> {
-        ConfigFile::parse(text, "egress.yaml")
+        ConfigFile::parse(text, "egress.yaml", &FILE_KEYS)
     }
 
     /// The settings from `flags` and a file of `text`, or the usage error's text.
     fn settings(flags: &[&str], text: &str) -> Result<Settings, String> {
-        let file = file(text)?;
-        Settings::merge(&args(flags), Some(&file)).map_err(|e| e.to_string())
+        Settings::merge(&args(flags), Some(&file(text)?)).map_err(|e| e.to_string())
     }
 
     const FULL: &str = "\
@@ -308,13 +236,13 @@ log_format: json
         assert_eq!(s.listen, "127.0.0.1:18090".parse().unwrap());
         assert_eq!(s.redis.as_deref(), Some("redis://127.0.0.1:6379/"));
         assert_eq!(s.name.as_deref(), Some("openai"));
-        assert_eq!((s.rpm, s.tpm), (Some(500), Some(200_000)));
+        assert_eq!((s.quota.rpm, s.quota.tpm), (Some(500), Some(200_000)));
         assert_eq!(
-            (s.daily_limit, s.daily_tokens),
+            (s.quota.daily_limit, s.quota.daily_tokens),
             (Some(10_000), Some(5_000_000))
         );
-        assert_eq!(s.pause_threshold, 90);
-        assert_eq!(s.alert_levels, vec![50, 75]);
+        assert_eq!(s.quota.pause_threshold, 90);
+        assert_eq!(s.quota.alert_levels, vec![50, 75]);
         assert_eq!((s.max_concurrency, s.max_attempts), (Some(16), 3));
         assert_eq!(s.attempt_timeout, Duration::from_secs(90));
         assert_eq!(s.max_request_body, 1 << 20);
@@ -325,8 +253,11 @@ log_format: json
         assert!(s.coalesce);
         assert!(!s.root_endpoints);
         assert_eq!(s.log_format, "json");
-        assert_eq!(s.origin("rpm"), "'rpm' in egress.yaml:6");
-        assert_eq!(s.origin("alert_levels"), "'alert_levels' in egress.yaml:11");
+        assert_eq!(s.origins.origin("rpm"), "'rpm' in egress.yaml:6");
+        assert_eq!(
+            s.origins.origin("alert_levels"),
+            "'alert_levels' in egress.yaml:11"
+        );
     }
 
     #[test]
@@ -349,28 +280,28 @@ log_format: json
         )
         .unwrap();
         assert_eq!(s.upstream, "http://other:1");
-        assert_eq!(s.rpm, Some(700));
-        assert_eq!(s.pause_threshold, 70);
-        assert_eq!(s.alert_levels, vec![90]);
+        assert_eq!(s.quota.rpm, Some(700));
+        assert_eq!(s.quota.pause_threshold, 70);
+        assert_eq!(s.quota.alert_levels, vec![90]);
         assert!(!s.coalesce);
         assert_eq!(s.log_format, "human");
-        assert_eq!(s.origin("rpm"), "'--rpm'");
+        assert_eq!(s.origins.origin("rpm"), "'--rpm'");
         // What the flags leave out still comes from the file.
-        assert_eq!(s.tpm, Some(200_000));
-        assert_eq!(s.origin("tpm"), "'tpm' in egress.yaml:7");
+        assert_eq!(s.quota.tpm, Some(200_000));
+        assert_eq!(s.origins.origin("tpm"), "'tpm' in egress.yaml:7");
     }
 
     #[test]
     fn defaults_fill_what_nothing_sets() {
         let s = Settings::merge(&args(&["--upstream", "http://h"]), None).unwrap();
         assert_eq!(s.listen, DEFAULT_LISTEN);
-        assert_eq!(s.pause_threshold, 80);
-        assert_eq!(s.alert_levels, vec![60, 80, 95]);
+        assert_eq!(s.quota.pause_threshold, 80);
+        assert_eq!(s.quota.alert_levels, vec![60, 80, 95]);
         assert_eq!(s.max_attempts, 5);
         assert_eq!(s.attempt_timeout, Duration::from_secs(600));
         assert_eq!(s.max_request_body, 8 << 20);
         assert_eq!(
-            (s.rpm, s.max_concurrency, s.state_file.as_ref()),
+            (s.quota.rpm, s.max_concurrency, s.state_file.as_ref()),
             (None, None, None)
         );
         assert!(!s.coalesce);
@@ -378,7 +309,7 @@ log_format: json
         assert_eq!(s.log_format, "human");
         // A key set to nothing is not set; an empty file sets nothing.
         let s = settings(&[], "upstream: http://h\nrpm: ~\nlisten:\n").unwrap();
-        assert_eq!((s.rpm, s.listen), (None, DEFAULT_LISTEN));
+        assert_eq!((s.quota.rpm, s.listen), (None, DEFAULT_LISTEN));
         assert!(file("").unwrap().values.is_empty());
         assert!(file("# nothing yet\n").unwrap().values.is_empty());
         // --no-root-endpoints turns off what the file leaves on.
@@ -486,10 +417,10 @@ log_format: json
     #[test]
     fn the_example_file_is_valid() {
         let text = include_str!("../../../../examples/egress/openai.yaml");
-        let file = ConfigFile::parse(text, "openai.yaml").unwrap();
+        let file = ConfigFile::parse(text, "openai.yaml", &FILE_KEYS).unwrap();
         let s = Settings::merge(&args(&[]), Some(&file)).unwrap();
         assert_eq!(s.upstream, "https://api.openai.com");
-        assert_eq!((s.rpm, s.tpm), (Some(500), Some(200_000)));
+        assert_eq!((s.quota.rpm, s.quota.tpm), (Some(500), Some(200_000)));
         // An https upstream needs the (default) tls feature.
         assert_eq!(proxy_config(&s).is_ok(), cfg!(feature = "tls"));
     }

@@ -11,12 +11,17 @@
 mod admin;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 pub(crate) use admin::{Entry, LimitSpec, ServerUrl, Token, parse_reason, parse_ttl};
 
 /// The log formats: lines for humans, or one JSON object per line.
 pub(crate) const LOG_FORMATS: [&str; 2] = ["human", "json"];
+
+/// How `sluice batch` shows progress: a bar on a terminal (else log lines), a bar, log
+/// lines every few seconds, or nothing.
+pub(crate) const PROGRESS_MODES: [&str; 4] = ["auto", "bar", "log", "none"];
 
 /// A count that must be at least one.
 pub(crate) fn at_least_one(text: &str) -> Result<u64, String> {
@@ -136,11 +141,24 @@ pub(crate) fn parse_bool(text: &str) -> Result<bool, String> {
 
 /// A log format, as `--log-format` takes it.
 pub(crate) fn parse_log_format(text: &str) -> Result<String, String> {
+    one_of(text, &LOG_FORMATS)
+}
+
+/// A progress display, as `sluice batch --progress` takes it.
+pub(crate) fn parse_progress(text: &str) -> Result<String, String> {
+    one_of(text, &PROGRESS_MODES)
+}
+
+/// One of `choices` (`expected human or json`, `expected auto, bar, log or none`).
+fn one_of(text: &str, choices: &[&str]) -> Result<String, String> {
     let text = text.trim();
-    if LOG_FORMATS.contains(&text) {
-        Ok(text.to_owned())
-    } else {
-        Err(format!("expected {}", LOG_FORMATS.join(" or ")))
+    if choices.contains(&text) {
+        return Ok(text.to_owned());
+    }
+    match choices {
+        [] => Err("no value is allowed".to_owned()),
+        [one] => Err(format!("expected {one}")),
+        [init @ .., last] => Err(format!("expected {} or {last}", init.join(", "))),
     }
 }
 
@@ -150,6 +168,11 @@ pub(crate) fn parse_text(text: &str) -> Result<String, String> {
         return Err("must not be empty".to_owned());
     }
     Ok(text.to_owned())
+}
+
+/// A file or directory path that is not empty, as `--state-file` and `--input` take it.
+pub(crate) fn parse_path(text: &str) -> Result<PathBuf, String> {
+    parse_text(text).map(PathBuf::from)
 }
 
 /// An address to listen on, `IP:PORT`, as `--listen` takes it.
@@ -300,7 +323,13 @@ mod tests {
             parse_log_format("xml"),
             Err("expected human or json".to_owned())
         );
+        assert_eq!(parse_progress("log"), Ok("log".to_owned()));
+        assert_eq!(
+            parse_progress("loud"),
+            Err("expected auto, bar, log or none".to_owned())
+        );
         assert_eq!(parse_text(""), Err("must not be empty".to_owned()));
+        assert_eq!(parse_path("a/b"), Ok(PathBuf::from("a/b")));
         assert_eq!(
             parse_listen("127.0.0.1:8090"),
             Ok(SocketAddr::from(([127, 0, 0, 1], 8090)))

@@ -1,5 +1,13 @@
-//! `sluice batch`: flags, logging, the progress display and signals around
+//! `sluice batch`: its settings (flags and environment variables over the `--config` file
+//! over defaults, see `crate::settings`), logging, the progress display and signals around
 //! [`sluice_egress::batch::run`], which does the work.
+//!
+//! By default the log shows warnings and what a person running a batch wants to see:
+//! the quota alerts (the first, warning level included) and pauses of the egress client,
+//! and this command's own notes. With `--log-format json` every line on stderr is a JSON
+//! object, progress lines included.
+
+mod settings;
 
 use std::io::{self, IsTerminal as _, Write as _};
 use std::process::ExitCode;
@@ -8,12 +16,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use sluice_egress::batch::{BatchConfig, BatchProgress, BatchSummary, NoProgress, ProgressSink};
-use sluice_egress::concurrency::ConcurrencyConfig;
-use tracing_subscriber::EnvFilter;
+use sluice_egress::batch::{BatchProgress, BatchSummary, NoProgress, ProgressSink};
 
-use crate::cli::{BatchArgs, DEFAULT_PAUSE_THRESHOLD};
-use crate::process::stop_signal;
+use self::settings::Settings;
+use crate::cli::BatchArgs;
+use crate::process::{init_logging_to, stop_signal};
 use crate::values::Concurrency;
 
 /// Exit code of a run that finished with items in the dead letter.
@@ -22,17 +29,29 @@ const EXIT_FAILED_ITEMS: u8 = 3;
 const EXIT_INTERRUPTED: u8 = 130;
 /// How often the plain progress log prints a line.
 const LOG_EVERY: Duration = Duration::from_secs(5);
+/// The log filter unless `SLUICE_LOG` (or `RUST_LOG`) sets one: warnings, the egress
+/// client's quota alerts, pauses and resumptions (logged at info from its `quota` module),
+/// and this command's own lines.
+const DEFAULT_LOG_FILTER: &str = "warn,sluice_egress::quota=info,sluice::batch=info";
 
 /// Runs the batch; returns the exit code (0 all done, 3 with failures, 130 interrupted).
 pub(crate) fn run(args: &BatchArgs) -> anyhow::Result<ExitCode> {
-    let config = config(args);
-    let mode = match args.progress.as_str() {
+    let settings = Settings::resolve(args).unwrap_or_else(|usage| usage.exit());
+    let config = settings.config();
+    let json = settings.log_format == "json";
+    let mode = match settings.progress.as_str() {
         "auto" if io::stderr().is_terminal() => "bar",
         "auto" => "log",
         other => other,
     };
     let bar = (mode == "bar").then(new_bar);
-    init_logging(bar.clone());
+    match bar.clone() {
+        Some(bar) => init_logging_to(&settings.log_format, DEFAULT_LOG_FILTER, move || {
+            BarWriter(bar.clone())
+        }),
+        None => init_logging_to(&settings.log_format, DEFAULT_LOG_FILTER, io::stderr),
+    }
+    log_settings(&settings);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -45,7 +64,10 @@ pub(crate) fn run(args: &BatchArgs) -> anyhow::Result<ExitCode> {
             // A second signal: stop at once. Every result line is one write, so this is as
             // safe as a kill; the next run continues.
             stop_signal().await;
-            eprintln!("stopped at once; run the same command again to continue");
+            tell(
+                json,
+                "stopped at once; run the same command again to continue",
+            );
             std::process::exit(i32::from(EXIT_INTERRUPTED));
         });
         let shutdown = async {
@@ -57,7 +79,10 @@ pub(crate) fn run(args: &BatchArgs) -> anyhow::Result<ExitCode> {
                 sluice_egress::batch::run(config, &sink, shutdown).await
             }
             (None, "log") => {
-                let sink = LogSink::default();
+                let sink = LogSink {
+                    last: Mutex::default(),
+                    json,
+                };
                 sluice_egress::batch::run(config, &sink, shutdown).await
             }
             (None, _) => sluice_egress::batch::run(config, &NoProgress, shutdown).await,
@@ -68,67 +93,70 @@ pub(crate) fn run(args: &BatchArgs) -> anyhow::Result<ExitCode> {
     }
     let summary = summary?;
     println!("{summary}");
-    Ok(exit_code(&summary, args))
+    Ok(exit_code(&summary, &settings))
 }
 
-fn exit_code(summary: &BatchSummary, args: &BatchArgs) -> ExitCode {
+/// The startup lines: which settings came from the config file, and what the run will do.
+fn log_settings(settings: &Settings) {
+    if let Some((path, note)) = settings.origins.file_note() {
+        tracing::info!(config = %path, "{note}");
+    }
+    let concurrency = match settings.concurrency {
+        Concurrency::Auto => "adaptive".to_owned(),
+        Concurrency::Fixed(n) => n.to_string(),
+    };
+    tracing::info!(
+        input = %settings.input.display(),
+        output = %settings.output.display(),
+        destination = %settings.destination(),
+        concurrency,
+        "sluice batch: {} to {}, results in {}; concurrency {concurrency}; {}",
+        settings.input.display(),
+        settings.destination(),
+        settings.output.display(),
+        settings.quota.describe()
+    );
+}
+
+/// Says `message` to the person running the batch: on stderr, or with `--log-format json`
+/// as a log event, so that every line on stderr is JSON.
+fn tell(json: bool, message: &str) {
+    if json {
+        tracing::warn!("{message}");
+    } else {
+        eprintln!("{message}");
+    }
+}
+
+fn exit_code(summary: &BatchSummary, settings: &Settings) -> ExitCode {
+    let json = settings.log_format == "json";
     if summary.interrupted {
-        eprintln!(
-            "interrupted: {} of {} items done, {} remaining; run the same command again to continue",
-            summary.results, summary.items, summary.remaining
+        tell(
+            json,
+            &format!(
+                "interrupted: {} of {} items done, {} remaining; run the same command again to continue",
+                summary.results, summary.items, summary.remaining
+            ),
         );
         return ExitCode::from(EXIT_INTERRUPTED);
     }
     let dead = summary.dead_letter_failed + summary.dead_letter_invalid;
     if dead > 0 {
-        let retry = if summary.dead_letter_failed > 0 && !args.retry_failed {
+        let retry = if summary.dead_letter_failed > 0 && !settings.retry_failed {
             "; add --retry-failed to send the failed items again"
         } else {
             ""
         };
-        eprintln!(
-            "{dead} items are in the dead letter {}{retry}",
-            summary.dead_letter.display()
+        tell(
+            json,
+            &format!(
+                "{dead} items are in the dead letter {}{retry}",
+                summary.dead_letter.display()
+            ),
         );
         return ExitCode::from(EXIT_FAILED_ITEMS);
     }
     ExitCode::SUCCESS
-}
-
-/// The engine's configuration from the flags.
-fn config(args: &BatchArgs) -> BatchConfig {
-    let (base_url, via_proxy) = match (&args.upstream, &args.proxy) {
-        (Some(url), _) => (url.clone(), false),
-        (None, Some(url)) => (url.clone(), true),
-        // clap requires one of them.
-        (None, None) => (String::new(), false),
-    };
-    let mut config = BatchConfig::new(&args.input, &args.output, base_url);
-    config.via_proxy = via_proxy;
-    if let Some(state) = &args.state {
-        config.state_dir.clone_from(state);
-    }
-    config.retry_failed = args.retry_failed;
-    config.max_wait = args.max_wait;
-    config.idempotency_keys = !args.no_idempotency_key;
-    let egress = &mut config.egress;
-    let quota = &args.quota;
-    egress.pace.requests_per_minute = quota.rpm;
-    egress.pace.tokens_per_minute = quota.tpm;
-    egress.quota.requests_per_minute = quota.rpm;
-    egress.quota.tokens_per_minute = quota.tpm;
-    egress.quota.requests_per_day = quota.daily_limit;
-    egress.quota.pause_threshold = quota.pause_threshold.unwrap_or(DEFAULT_PAUSE_THRESHOLD);
-    egress.retry.attempt_timeout = args.timeout;
-    if let Concurrency::Fixed(n) = args.concurrency {
-        egress.concurrency = ConcurrencyConfig {
-            initial: n,
-            min: n,
-            max: n,
-            ..ConcurrencyConfig::default()
-        };
-    }
-    config.with_window_for_concurrency()
 }
 
 fn new_bar() -> ProgressBar {
@@ -158,10 +186,11 @@ impl ProgressSink for BarSink {
     }
 }
 
-/// A plain line every few seconds, for logs.
-#[derive(Default)]
+/// A line every few seconds, for logs: plain text, or with `--log-format json` a log event
+/// with the numbers as fields.
 struct LogSink {
     last: Mutex<Option<Duration>>,
+    json: bool,
 }
 
 impl ProgressSink for LogSink {
@@ -181,11 +210,28 @@ impl ProgressSink for LogSink {
             progress.total,
             describe(progress, true)
         );
-        let _ = writeln!(io::stderr().lock(), "{line}");
+        if self.json {
+            tracing::info!(
+                done = progress.done,
+                failed = progress.failed,
+                total = progress.total,
+                in_flight = progress.in_flight,
+                rate_per_minute = progress.rate_per_minute,
+                quota_percent = progress.quota_percent,
+                paused = progress.paused.as_deref(),
+                "{line}"
+            );
+        } else {
+            let _ = writeln!(io::stderr().lock(), "{line}");
+        }
     }
 
     fn note(&self, message: &str) {
-        let _ = writeln!(io::stderr().lock(), "batch: {message}");
+        if self.json {
+            tracing::info!("batch: {message}");
+        } else {
+            let _ = writeln!(io::stderr().lock(), "batch: {message}");
+        }
     }
 }
 
@@ -221,17 +267,6 @@ fn human(duration: Duration) -> String {
         0..60 => format!("{secs}s"),
         60..3600 => format!("{}m {}s", secs / 60, secs % 60),
         _ => format!("{}h {}m", secs / 3600, secs % 3600 / 60),
-    }
-}
-
-/// Logs to stderr (`SLUICE_LOG`, default `warn`), through the progress bar when there is
-/// one so that log lines do not tear it.
-fn init_logging(bar: Option<ProgressBar>) {
-    let filter = EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match bar {
-        Some(bar) => builder.with_writer(move || BarWriter(bar.clone())).init(),
-        None => builder.with_writer(io::stderr).init(),
     }
 }
 

@@ -1,5 +1,5 @@
-//! The config file: YAML text to each key's value, as the flag's text, with its line.
-//! The values are parsed later, by the flags' own parsers.
+//! A subcommand's YAML config file: its text to each key's value, as the flag's text, with
+//! its line. The values are parsed later, by the flags' own parsers (`crate::values`).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -12,61 +12,51 @@ use serde_saphyr::{MessageFormatter as _, Spanned, UserMessageFormatter};
 
 use crate::cli::usage_error;
 
-/// The keys of the config file: the flags' names in snake_case (`root_endpoints`, true
-/// by default, stands for `--no-root-endpoints`), in the order errors list them.
-const FILE_KEYS: [&str; 18] = [
-    "upstream",
-    "listen",
-    "redis",
-    "name",
-    "rpm",
-    "tpm",
-    "daily_limit",
-    "daily_tokens",
-    "pause_threshold",
-    "alert_levels",
-    "max_concurrency",
-    "max_attempts",
-    "attempt_timeout",
-    "max_request_body",
-    "state_file",
-    "coalesce",
-    "root_endpoints",
-    "log_format",
-];
+/// What one subcommand's config file may hold.
+#[derive(Debug)]
+pub(crate) struct FileKeys {
+    /// The subcommand, whose usage errors name the file (`"proxy"`).
+    pub(crate) command: &'static str,
+    /// The keys: the flags' names in snake_case, in the order errors list them.
+    pub(crate) keys: &'static [&'static str],
+    /// The keys that may hold a YAML list, read as the flag's comma-separated value.
+    pub(crate) lists: &'static [&'static str],
+}
 
 /// One value of the config file: its text as the flag would take it, and its line.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) struct FileValue {
+pub(crate) struct FileValue {
     text: String,
     line: usize,
 }
 
-/// A `sluice proxy` config file, read: its values by key, not yet parsed.
+/// A config file, read: its values by key, not yet parsed.
 #[derive(Debug)]
-pub(super) struct ConfigFile {
+pub(crate) struct ConfigFile {
+    /// What it may hold.
+    pub(crate) keys: &'static FileKeys,
     /// The path, as given.
-    pub(super) path: String,
+    pub(crate) path: String,
     /// The keys set to a value (not to nothing).
-    pub(super) values: BTreeMap<&'static str, FileValue>,
+    pub(crate) values: BTreeMap<&'static str, FileValue>,
 }
 
 impl ConfigFile {
     /// Reads and parses the file at `path`; an error is a usage error naming it.
-    pub(super) fn read(path: &Path) -> Result<Self, clap::Error> {
+    pub(crate) fn read(path: &Path, keys: &'static FileKeys) -> Result<Self, clap::Error> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| {
             usage_error(
-                &["proxy"],
+                &[keys.command],
                 format!("invalid value '{shown}' for '--config <FILE>': cannot read it: {e}"),
             )
         })?;
-        Self::parse(&text, &shown).map_err(|message| usage_error(&["proxy"], message))
+        Self::parse(&text, &shown, keys).map_err(|message| usage_error(&[keys.command], message))
     }
 
     /// Parses the text of the file at `path`: a YAML mapping of known keys, each at most
-    /// once, to a scalar (a list for `alert_levels`) or nothing (not set).
-    pub(super) fn parse(text: &str, path: &str) -> Result<Self, String> {
+    /// once, to a scalar (a list where `keys.lists` allows one) or nothing (not set).
+    pub(crate) fn parse(text: &str, path: &str, keys: &'static FileKeys) -> Result<Self, String> {
         let mut options = serde_saphyr::Options::default();
         options.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::PassThrough;
         options.with_snippet = false;
@@ -79,8 +69,8 @@ impl ConfigFile {
         for (key, value) in entries.0 {
             let line = line_of(&key);
             let at = |message: String| format!("{path}:{line}: {message}");
-            let Some(known) = FILE_KEYS.iter().find(|k| **k == key.value) else {
-                return Err(at(unknown_key(&key.value)));
+            let Some(known) = keys.keys.iter().find(|k| **k == key.value) else {
+                return Err(at(unknown_key(&key.value, keys.keys)));
             };
             if let Some(first) = seen.insert(*known, line) {
                 return Err(at(format!(
@@ -88,7 +78,7 @@ impl ConfigFile {
                 )));
             }
             let line = line_of(&value).max(line);
-            let text = flag_text(&value.value, *known == "alert_levels").map_err(|reason| {
+            let text = flag_text(&value.value, keys.lists.contains(known)).map_err(|reason| {
                 format!("{path}:{line}: invalid value for '{known}': {reason}")
             })?;
             if let Some(text) = text {
@@ -96,6 +86,7 @@ impl ConfigFile {
             }
         }
         Ok(Self {
+            keys,
             path: path.to_owned(),
             values,
         })
@@ -103,7 +94,7 @@ impl ConfigFile {
 
     /// The value of `key` parsed by the flag's own `parse`, with its line; an error names
     /// the file, the line, the key and the value.
-    pub(super) fn value<T>(
+    pub(crate) fn value<T>(
         &self,
         key: &'static str,
         parse: impl Fn(&str) -> Result<T, String>,
@@ -114,7 +105,7 @@ impl ConfigFile {
         match parse(&value.text) {
             Ok(parsed) => Ok(Some((parsed, value.line))),
             Err(reason) => Err(usage_error(
-                &["proxy"],
+                &[self.keys.command],
                 invalid_value(&self.path, value.line, key, &value.text, &reason),
             )),
         }
@@ -122,7 +113,7 @@ impl ConfigFile {
 }
 
 /// The message for a bad value in the file, worded as clap words a bad flag's.
-pub(super) fn invalid_value(
+pub(crate) fn invalid_value(
     path: &str,
     line: usize,
     key: &str,
@@ -134,14 +125,14 @@ pub(super) fn invalid_value(
 
 /// The message for a key the file does not know, with the right spelling when it is a
 /// flag's name written as on the command line.
-fn unknown_key(key: &str) -> String {
+fn unknown_key(key: &str, known: &[&str]) -> String {
     let snake = key.trim_start_matches("--").replace('-', "_");
-    if snake != key && FILE_KEYS.contains(&snake.as_str()) {
+    if snake != key && known.contains(&snake.as_str()) {
         return format!("unknown setting '{key}' (did you mean '{snake}'?)");
     }
     format!(
         "unknown setting '{key}'; the settings are {}",
-        FILE_KEYS.join(", ")
+        known.join(", ")
     )
 }
 
@@ -221,8 +212,21 @@ impl<'de> Visitor<'de> for EntriesVisitor {
 mod tests {
     use super::*;
 
+    const KEYS: FileKeys = FileKeys {
+        command: "proxy",
+        keys: &[
+            "upstream",
+            "listen",
+            "rpm",
+            "tpm",
+            "pause_threshold",
+            "alert_levels",
+        ],
+        lists: &["alert_levels"],
+    };
+
     fn file(text: &str) -> Result<ConfigFile, String> {
-        ConfigFile::parse(text, "egress.yaml")
+        ConfigFile::parse(text, "egress.yaml", &KEYS)
     }
 
     #[test]
@@ -251,5 +255,25 @@ mod tests {
             let error = file(text).unwrap_err();
             assert!(error.contains(expected), "{text:?}: {error}");
         }
+    }
+
+    #[test]
+    fn values_are_the_flags_text_with_their_lines() {
+        let f = file("# a comment\nrpm: 500\nalert_levels: [60, 80]\nlisten:\n").unwrap();
+        let text = |key| f.values.get(key).map(|v| (v.text.as_str(), v.line));
+        assert_eq!(text("rpm"), Some(("500", 2)));
+        assert_eq!(text("alert_levels"), Some(("60,80", 3)));
+        assert_eq!(text("listen"), None);
+        let error = file("rpm: [1, 2]").unwrap_err();
+        assert!(error.contains("expected one value, got a list"), "{error}");
+        let error = f
+            .value("rpm", |_| Err::<u8, _>("no".to_owned()))
+            .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("egress.yaml:2: invalid value '500' for 'rpm': no"),
+            "{error}"
+        );
     }
 }
