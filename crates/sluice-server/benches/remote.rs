@@ -5,7 +5,7 @@
 //! sent one at a time from the bench thread, each admitted (one per-IP limit far above
 //! the request rate), so the figure is one round trip plus both ends' work.
 //!
-//! `cargo bench -p sluice-tower --all-features --bench remote`
+//! `cargo bench -p sluice-server --bench remote`
 
 use std::convert::Infallible;
 use std::hint::black_box;
