@@ -55,6 +55,16 @@ impl Fake {
         }
     }
 
+    /// A fake that allows 30,000 requests a minute, so that a run of a few dozen items
+    /// takes no time; the daily limits of these tests are the client's own.
+    fn fast() -> Self {
+        Self::start(FakeUpstreamConfig {
+            rpm: 30_000,
+            tpm: 0,
+            ..FakeUpstreamConfig::default()
+        })
+    }
+
     fn url(&self) -> String {
         self.server.as_ref().unwrap().url()
     }
@@ -166,6 +176,23 @@ impl Job {
             self.text(&format!("{run}.out")),
             self.text(&format!("{run}.err")),
         )
+    }
+
+    /// [`run_bare`](Self::run_bare) of this job's files against `url` with log lines for
+    /// progress and `flags`.
+    fn run_logged(&self, url: &str, flags: &[&str]) -> (ExitStatus, String, String) {
+        let mut args = vec![
+            "--input",
+            "requests.jsonl",
+            "--output",
+            "results.jsonl",
+            "--upstream",
+            url,
+            "--progress",
+            "log",
+        ];
+        args.extend_from_slice(flags);
+        self.run_bare("run", &args, &[])
     }
 
     fn text(&self, name: &str) -> String {
@@ -546,32 +573,13 @@ fn message<'a>(lines: &'a [Value], start: &str) -> Option<&'a str> {
 
 #[test]
 fn json_logs_show_the_first_quota_alert_of_a_daily_limit_by_default() {
-    let fake = Fake::start(FakeUpstreamConfig {
-        rpm: 30_000,
-        tpm: 0,
-        ..FakeUpstreamConfig::default()
-    });
+    let fake = Fake::fast();
     let job = Job::new("cli-batch-json", &items(14));
-    let url = fake.url();
     // 14 of 20 requests a day: 70 %, past the first of the default levels (60, 80, 95)
     // and short of the pause threshold (80).
-    let (status, out, err) = job.run_bare(
-        "run",
-        &[
-            "--input",
-            "requests.jsonl",
-            "--output",
-            "results.jsonl",
-            "--upstream",
-            &url,
-            "--daily-limit",
-            "20",
-            "--progress",
-            "log",
-            "--log-format",
-            "json",
-        ],
-        &[],
+    let (status, out, err) = job.run_logged(
+        &fake.url(),
+        &["--daily-limit", "20", "--log-format", "json"],
     );
     assert!(status.success(), "{status}\n{out}\n{err}");
     assert!(out.contains("batch finished"), "{out}");
@@ -610,12 +618,38 @@ fn json_logs_show_the_first_quota_alert_of_a_daily_limit_by_default() {
 }
 
 #[test]
+fn a_pause_at_the_threshold_is_logged_by_default() {
+    let fake = Fake::fast();
+    let job = Job::new("cli-batch-pause", &items(16));
+    // Batch work pauses at 10 of 20 requests a day until midnight UTC, longer than the
+    // items may wait: the few not sent by then fail for good.
+    let (status, out, err) = job.run_logged(
+        &fake.url(),
+        &[
+            "--daily-limit",
+            "20",
+            "--pause-threshold",
+            "50",
+            "--max-wait",
+            "1s",
+            "--concurrency",
+            "1",
+        ],
+    );
+    assert!(
+        matches!(status.code(), Some(0 | 3)),
+        "{status}\n{out}\n{err}"
+    );
+    assert!(
+        err.contains("quota paused for low-priority work: requests_per_day at"),
+        "{err}"
+    );
+    assert!(job.results().len() < 16, "{out}");
+}
+
+#[test]
 fn a_config_file_sets_the_batch_and_flags_and_variables_override_it() {
-    let fake = Fake::start(FakeUpstreamConfig {
-        rpm: 30_000,
-        tpm: 0,
-        ..FakeUpstreamConfig::default()
-    });
+    let fake = Fake::fast();
     let job = Job::new("cli-batch-config", &items(40));
     std::fs::write(
         job.dir.join("batch.yaml"),

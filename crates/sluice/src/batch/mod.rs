@@ -283,3 +283,64 @@ impl io::Write for BarWriter {
         io::stderr().flush()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::EnvFilter;
+
+    use super::*;
+
+    /// A log sink that keeps what is written.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_default_filter_shows_quota_events_and_warnings_but_not_the_engines_notes() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(EnvFilter::new(DEFAULT_LOG_FILTER))
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            // As `QuotaEvent::log` logs a warning-level alert and a resumption.
+            tracing::info!(target: "sluice_egress::quota", "quota alert: at 60 %");
+            tracing::info!(target: "sluice_egress::quota", "quota resumed: requests_per_day");
+            tracing::debug!(target: "sluice_egress::quota", "quota debug");
+            // This command's own lines, and anyone's warnings.
+            tracing::info!(target: "sluice::batch", "sluice batch: a to b");
+            tracing::warn!(target: "sluice_egress::client", "could not persist");
+            // The engine's notes, which the progress display shows already.
+            tracing::info!(target: "sluice_egress::batch", "resuming: 3 of 5 items done");
+            tracing::info!(target: "sluice_store::memory", "store info");
+        });
+        let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        for shown in [
+            "quota alert: at 60 %",
+            "quota resumed",
+            "sluice batch: a to b",
+            "could not persist",
+        ] {
+            assert!(log.contains(shown), "{shown}: {log}");
+        }
+        for hidden in ["quota debug", "resuming", "store info"] {
+            assert!(!log.contains(hidden), "{hidden}: {log}");
+        }
+    }
+}
