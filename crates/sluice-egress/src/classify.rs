@@ -45,6 +45,7 @@
 //! see; its message ("exceeds the service quota", "Too many tokens per day") is matched
 //! instead.
 
+use std::error::Error as StdError;
 use std::fmt;
 
 use http::{Method, StatusCode};
@@ -362,6 +363,28 @@ pub fn may_retry(
     }
 }
 
+/// The class of a transport failure, read from its chain of causes: a refused connection
+/// ([`std::io::ErrorKind::ConnectionRefused`]) is [`ErrorClass::Connect`] (never sent), a
+/// timed-out one (an I/O `TimedOut`, or a tokio timeout) [`ErrorClass::Timeout`], anything
+/// else [`ErrorClass::ConnectionReset`] (it may have been processed).
+pub(crate) fn transport_class(error: &(dyn StdError + 'static)) -> ErrorClass {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => return ErrorClass::Connect,
+                std::io::ErrorKind::TimedOut => return ErrorClass::Timeout,
+                _ => {}
+            }
+        }
+        if error.is::<tokio::time::error::Elapsed>() {
+            return ErrorClass::Timeout;
+        }
+        next = error.source();
+    }
+    ErrorClass::ConnectionReset
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -664,5 +687,21 @@ mod tests {
             body.extend_from_slice(&tail);
             prop_assert_eq!(classify_status(status, Some(&body)), alone);
         }
+    }
+
+    #[test]
+    fn transport_failures_are_classed_by_their_causes() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("wrapper")]
+        struct Wrapper(#[source] std::io::Error);
+
+        let refused = Wrapper(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert_eq!(transport_class(&refused), Connect);
+        let timed_out = std::io::Error::from(std::io::ErrorKind::TimedOut);
+        assert_eq!(transport_class(&timed_out), Timeout);
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(transport_class(&reset), ConnectionReset);
+        let other: Box<dyn StdError + Send + Sync> = "something else".into();
+        assert_eq!(transport_class(&*other), ConnectionReset);
     }
 }

@@ -46,12 +46,12 @@ use sluice_store::{MemoryStore, Store};
 use tokio::sync::{Notify, broadcast};
 
 use crate::TokioClock;
-use crate::classify::{ErrorClass, Idempotency, Outcome, classify_status};
+use crate::classify::{ErrorClass, Outcome, classify_status};
 use crate::coalesce::{CoalesceKey, Coalescer};
 use crate::concurrency::{ConcurrencyConfig, ConcurrencyError, Slot};
 use crate::events::EgressEvent;
 use crate::gate::Gate;
-use crate::job::Priority;
+use crate::job::{Job, Priority};
 use crate::pacer::{
     DimensionPace, PaceConfig, PaceConfigError, PaceDimension, PaceError, Paced, Pacer,
 };
@@ -138,58 +138,6 @@ pub enum EgressConfigError {
         /// The window given.
         window: u32,
     },
-}
-
-/// What the caller says about one call.
-#[derive(Clone, Debug)]
-pub struct Job {
-    /// Higher goes first; below [`QuotaConfig::pause_exempt`] it pauses at the threshold.
-    pub priority: Priority,
-    /// Whose work it is: callers of one priority are served in turn by tenant, so one
-    /// tenant's thousand calls do not starve another's one.
-    pub tenant: Option<Arc<str>>,
-    /// The tokens the call may use: the prompt plus `max_tokens`. Settled to the usage
-    /// the answer reports.
-    pub tokens: u64,
-    /// Whether sending it twice is harmless.
-    pub idempotency: Idempotency,
-    /// How long it may wait, in all, for quota, its turn, pace and a slot before failing.
-    pub max_wait: Duration,
-}
-
-impl Job {
-    /// A job of `tokens` estimated tokens, for a request with `method`, at
-    /// [`Priority::BATCH`], that may wait up to 10 minutes.
-    pub fn new(method: &http::Method, tokens: u64) -> Self {
-        Self {
-            priority: Priority::BATCH,
-            tenant: None,
-            tokens,
-            idempotency: Idempotency::of_method(method),
-            max_wait: Duration::from_secs(600),
-        }
-    }
-
-    /// The same job at `priority`.
-    #[must_use]
-    pub fn priority(self, priority: Priority) -> Self {
-        Self { priority, ..self }
-    }
-
-    /// The same job on behalf of `tenant`.
-    #[must_use]
-    pub fn tenant(self, tenant: impl Into<Arc<str>>) -> Self {
-        Self {
-            tenant: Some(tenant.into()),
-            ..self
-        }
-    }
-
-    /// The same job with another maximum wait.
-    #[must_use]
-    pub fn max_wait(self, max_wait: Duration) -> Self {
-        Self { max_wait, ..self }
-    }
 }
 
 /// A send that failed without an HTTP answer.

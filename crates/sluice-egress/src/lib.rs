@@ -33,10 +33,12 @@ mod tls;
 pub mod usage;
 
 pub use client::{
-    Call, Egress, EgressConfig, EgressConfigError, EgressError, EgressStats, Job, SendError,
+    Call, Egress, EgressConfig, EgressConfigError, EgressError, EgressStats, SendError,
 };
 pub use clock::TokioClock;
 pub use events::EgressEvent;
-pub use job::Priority;
+pub use job::{
+    Job, JobHeaderError, MAX_WAIT_HEADER, MaxWait, PRIORITY_HEADER, Priority, TENANT_HEADER, Tenant,
+};
 pub use retry::{ClassBackoff, NextStep, RetryConfig};
 pub use state::ThrottleAlertConfig;

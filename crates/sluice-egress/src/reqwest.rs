@@ -67,13 +67,13 @@ use reqwest_middleware::{Middleware, Next};
 use sluice_store::{MemoryStore, Store};
 
 use crate::classify::ErrorClass;
-use crate::layer::job_for;
+use crate::job::job_for;
 use crate::{Egress, EgressError, SendError, TokioClock};
 
-pub use crate::layer::{
-    DEFAULT_MAX_BODY, JobHeaderError, MAX_WAIT_HEADER, MaxWait, PRIORITY_HEADER, ResponseTooLarge,
-    TENANT_HEADER, Tenant,
+pub use crate::job::{
+    JobHeaderError, MAX_WAIT_HEADER, MaxWait, PRIORITY_HEADER, TENANT_HEADER, Tenant,
 };
+pub use crate::layer::{DEFAULT_MAX_BODY, ResponseTooLarge};
 
 /// The header that tells the client not to retry an answer (see
 /// [`may_retry`](crate::classify::may_retry)).

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use super::BatchError;
 use super::ids::IdKey;
 use crate::Priority;
-use crate::layer::parse_priority;
+use crate::job::parse_priority;
 
 /// The longest id accepted, in bytes.
 pub(crate) const MAX_ID: usize = 1024;

@@ -17,7 +17,7 @@ use super::input::Item;
 use super::state::idempotency_key;
 use super::{IDEMPOTENCY_KEY, Transport};
 use crate::classify::{ErrorClass, Idempotency, Outcome as Class, classify_status};
-use crate::layer::PRIORITY_HEADER;
+use crate::job::PRIORITY_HEADER;
 use crate::quota::QuotaConfig;
 use crate::retry::NextStep;
 use crate::usage::estimate_tokens;

@@ -42,10 +42,10 @@ use super::metrics::{Metrics, Source};
 use super::problem::{Reason, problem, refusal};
 use super::sse::UsageScanner;
 use super::upstream::{UpstreamClient, outgoing_headers, remove_hop_by_hop};
-use crate::classify::ErrorClass;
+use crate::classify::{ErrorClass, transport_class};
 use crate::client::Settlement;
 use crate::coalesce::CoalesceKey;
-use crate::layer::{job_for, transport_class};
+use crate::job::job_for;
 use crate::retry::NextStep;
 use crate::{Egress, EgressError, Job, SendError};
 
