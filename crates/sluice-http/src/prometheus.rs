@@ -12,11 +12,14 @@
 //! let mut out = TextWriter::new();
 //! out.family("requests_total", MetricType::Counter, "Requests served.");
 //! out.sample("requests_total", &[("route", "/a\"b")], 3);
+//! let text = out.finish();
 //! assert_eq!(
-//!     out.finish(),
-//!     "# HELP requests_total Requests served.\n\
-//!      # TYPE requests_total counter\n\
-//!      requests_total{route=\"/a\\\"b\"} 3\n"
+//!     text.split_terminator('\n').collect::<Vec<_>>(),
+//!     [
+//!         "# HELP requests_total Requests served.",
+//!         "# TYPE requests_total counter",
+//!         r#"requests_total{route="/a\"b"} 3"#,
+//!     ]
 //! );
 //! ```
 
