@@ -12,12 +12,12 @@ use std::time::Duration;
 use clap::builder::NonEmptyStringValueParser;
 use clap::error::ErrorKind;
 use clap::{Args, CommandFactory, Parser, Subcommand};
-use sluice_core::{AlgorithmKind, Policy, Rate};
+use sluice_core::{AlgorithmKind, Backoff, Policy, Rate};
 
 use crate::values::{
     AlertLevels, Concurrency, Entry, LOG_FORMATS, LimitSpec, PROGRESS_MODES, ServerUrl, Token,
-    at_least_one, parse_alert_levels, parse_base_url, parse_bool, parse_concurrency, parse_count,
-    parse_duration, parse_percent, parse_reason, parse_size, parse_timeout, parse_ttl,
+    at_least_one, parse_alert_levels, parse_backoff, parse_base_url, parse_bool, parse_concurrency,
+    parse_count, parse_duration, parse_percent, parse_reason, parse_size, parse_timeout, parse_ttl,
 };
 
 /// Keep traffic inside its limits: rate limits and quotas for your API and for the APIs you
@@ -430,6 +430,9 @@ pub(crate) fn usage_error(path: &[&str], message: String) -> clap::Error {
 #[command(mut_arg("daily_tokens", |arg| arg.env("SLUICE_BATCH_DAILY_TOKENS")))]
 #[command(mut_arg("pause_threshold", |arg| arg.env("SLUICE_BATCH_PAUSE_THRESHOLD")))]
 #[command(mut_arg("alert_levels", |arg| arg.env("SLUICE_BATCH_ALERT_LEVELS")))]
+#[command(mut_arg("backoff_rate_limited", |arg| arg.env("SLUICE_BATCH_BACKOFF_RATE_LIMITED")))]
+#[command(mut_arg("backoff_quota_exhausted", |arg| arg.env("SLUICE_BATCH_BACKOFF_QUOTA_EXHAUSTED")))]
+#[command(mut_arg("backoff_server_error", |arg| arg.env("SLUICE_BATCH_BACKOFF_SERVER_ERROR")))]
 pub(crate) struct BatchArgs {
     /// Read the settings from this YAML file (keys as the flags are named, in snake_case:
     /// input, upstream, rpm, alert_levels, ...). Flags and environment variables override
@@ -482,6 +485,9 @@ pub(crate) struct BatchArgs {
 
     #[command(flatten)]
     pub(crate) quota: QuotaArgs,
+
+    #[command(flatten)]
+    pub(crate) backoff: BackoffArgs,
 
     /// How long one item may wait for the quota or a failing upstream before it fails for
     /// good: e.g. 30m, 24h (default 24h).
@@ -553,6 +559,26 @@ pub(crate) struct QuotaArgs {
     pub(crate) alert_levels: Option<AlertLevels>,
 }
 
+/// How long a retry waits after each class of failure when the upstream gave no
+/// `Retry-After`, as `sluice proxy` and `sluice batch` both take it (variables and file
+/// keys as for [`QuotaArgs`]; `crate::settings::BackoffSettings`).
+#[derive(Debug, Args)]
+pub(crate) struct BackoffArgs {
+    /// Backoff after a 429 without Retry-After, MIN..MAX: the first retry waits between
+    /// half and all of MIN, each next one up to twice as long, at most MAX (default
+    /// 60s..5m).
+    #[arg(long, value_name = "MIN..MAX", value_parser = parse_backoff)]
+    pub(crate) backoff_rate_limited: Option<Backoff>,
+
+    /// Backoff after the upstream says its quota is spent (default 5m..1h).
+    #[arg(long, value_name = "MIN..MAX", value_parser = parse_backoff)]
+    pub(crate) backoff_quota_exhausted: Option<Backoff>,
+
+    /// Backoff after a server error, a timeout or a broken connection (default 500ms..4s).
+    #[arg(long, value_name = "MIN..MAX", value_parser = parse_backoff)]
+    pub(crate) backoff_server_error: Option<Backoff>,
+}
+
 /// Flags of `sluice proxy`.
 ///
 /// Every setting but --no-root-endpoints also comes from a `SLUICE_PROXY_*` variable and
@@ -576,6 +602,9 @@ pub(crate) struct QuotaArgs {
 #[command(mut_arg("daily_tokens", |arg| arg.env("SLUICE_PROXY_DAILY_TOKENS")))]
 #[command(mut_arg("pause_threshold", |arg| arg.env("SLUICE_PROXY_PAUSE_THRESHOLD")))]
 #[command(mut_arg("alert_levels", |arg| arg.env("SLUICE_PROXY_ALERT_LEVELS")))]
+#[command(mut_arg("backoff_rate_limited", |arg| arg.env("SLUICE_PROXY_BACKOFF_RATE_LIMITED")))]
+#[command(mut_arg("backoff_quota_exhausted", |arg| arg.env("SLUICE_PROXY_BACKOFF_QUOTA_EXHAUSTED")))]
+#[command(mut_arg("backoff_server_error", |arg| arg.env("SLUICE_PROXY_BACKOFF_SERVER_ERROR")))]
 pub(crate) struct ProxyArgs {
     /// Read the settings from this YAML file (keys as the flags are named, in snake_case:
     /// upstream, rpm, pause_threshold, ...). Flags and environment variables override it.
@@ -610,6 +639,9 @@ pub(crate) struct ProxyArgs {
 
     #[command(flatten)]
     pub(crate) quota: QuotaArgs,
+
+    #[command(flatten)]
+    pub(crate) backoff: BackoffArgs,
 
     /// The most requests in flight to the upstream at once (the adaptive limit stays at or
     /// below it; default 100).

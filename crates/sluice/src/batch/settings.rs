@@ -9,7 +9,7 @@ use sluice_egress::batch::BatchConfig;
 use sluice_egress::concurrency::ConcurrencyConfig;
 
 use crate::cli::BatchArgs;
-use crate::settings::{ConfigFile, FileKeys, Merge, Origins, QuotaSettings};
+use crate::settings::{BackoffSettings, ConfigFile, FileKeys, Merge, Origins, QuotaSettings};
 use crate::values::{
     Concurrency, LOG_FORMATS, PROGRESS_MODES, parse_base_url, parse_bool, parse_concurrency,
     parse_duration, parse_log_format, parse_path, parse_progress, parse_timeout,
@@ -33,6 +33,9 @@ pub(super) const FILE_KEYS: FileKeys = FileKeys {
         "daily_tokens",
         "pause_threshold",
         "alert_levels",
+        "backoff_rate_limited",
+        "backoff_quota_exhausted",
+        "backoff_server_error",
         "max_wait",
         "timeout",
         "no_idempotency_key",
@@ -68,6 +71,7 @@ pub(super) struct Settings {
     pub(super) concurrency: Concurrency,
     pub(super) retry_failed: bool,
     pub(super) quota: QuotaSettings,
+    pub(super) backoff: BackoffSettings,
     max_wait: Duration,
     timeout: Duration,
     idempotency_keys: bool,
@@ -114,6 +118,7 @@ impl Settings {
         let concurrency = m.pick("concurrency", args.concurrency, parse_concurrency)?;
         let retry_failed = m.pick("retry_failed", args.retry_failed, parse_bool)?;
         let quota = QuotaSettings::merge(&args.quota, &mut m)?;
+        let backoff = BackoffSettings::merge(&args.backoff, &mut m)?;
         let max_wait = m.pick("max_wait", args.max_wait, parse_duration)?;
         let timeout = m.pick("timeout", args.timeout, parse_timeout)?;
         let no_idempotency_key =
@@ -158,6 +163,7 @@ impl Settings {
             concurrency: concurrency.unwrap_or(Concurrency::Auto),
             retry_failed: retry_failed.unwrap_or(false),
             quota,
+            backoff,
             max_wait: max_wait.unwrap_or(DEFAULT_MAX_WAIT),
             timeout: timeout.unwrap_or(DEFAULT_TIMEOUT),
             idempotency_keys: !no_idempotency_key.unwrap_or(false),
@@ -183,6 +189,7 @@ impl Settings {
         config.idempotency_keys = self.idempotency_keys;
         let egress = &mut config.egress;
         self.quota.apply(egress);
+        self.backoff.apply(egress);
         egress.retry.attempt_timeout = self.timeout;
         if let Concurrency::Fixed(n) = self.concurrency {
             egress.concurrency = ConcurrencyConfig {
@@ -307,6 +314,21 @@ log_format: json
         assert_eq!(config.state_dir, PathBuf::from("b.state"));
         assert_eq!(config.egress.quota.alert_levels, vec![60, 80, 95]);
         assert_eq!(config.egress.retry.attempt_timeout, DEFAULT_TIMEOUT);
+        assert_eq!(
+            config.egress.retry.backoff,
+            sluice_egress::ClassBackoff::default()
+        );
+        // A backoff from the file, another from its flag.
+        let s = settings(
+            &["--backoff-server-error", "1s..3s"],
+            "input: a\noutput: b\nupstream: http://h\nbackoff_rate_limited: 2m..10m",
+        )
+        .unwrap();
+        let backoff = s.config().egress.retry.backoff;
+        assert_eq!(backoff.rate_limited.base, Duration::from_secs(120));
+        assert_eq!(backoff.rate_limited.max, Duration::from_secs(600));
+        assert_eq!(backoff.server_error.base, Duration::from_secs(1));
+        assert_eq!(backoff.server_error.max, Duration::from_secs(3));
     }
 
     #[test]

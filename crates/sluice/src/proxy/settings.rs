@@ -10,7 +10,7 @@ use sluice_egress::quota::QuotaError;
 use sluice_egress::{EgressConfig, EgressConfigError};
 
 use crate::cli::ProxyArgs;
-use crate::settings::{ConfigFile, FileKeys, Merge, Origins, QuotaSettings};
+use crate::settings::{BackoffSettings, ConfigFile, FileKeys, Merge, Origins, QuotaSettings};
 use crate::values::{
     LOG_FORMATS, parse_bool, parse_count, parse_listen, parse_log_format, parse_path, parse_size,
     parse_text, parse_timeout,
@@ -31,6 +31,9 @@ pub(super) const FILE_KEYS: FileKeys = FileKeys {
         "daily_tokens",
         "pause_threshold",
         "alert_levels",
+        "backoff_rate_limited",
+        "backoff_quota_exhausted",
+        "backoff_server_error",
         "max_concurrency",
         "max_attempts",
         "attempt_timeout",
@@ -52,6 +55,7 @@ pub(super) struct Settings {
     pub(super) redis: Option<String>,
     name: Option<String>,
     pub(super) quota: QuotaSettings,
+    pub(super) backoff: BackoffSettings,
     pub(super) max_concurrency: Option<u32>,
     pub(super) max_attempts: u32,
     attempt_timeout: Duration,
@@ -98,6 +102,7 @@ impl Settings {
         let redis = m.pick("redis", args.redis.clone(), parse_text)?;
         let name = m.pick("name", args.name.clone(), parse_text)?;
         let quota = QuotaSettings::merge(&args.quota, &mut m)?;
+        let backoff = BackoffSettings::merge(&args.backoff, &mut m)?;
         let max_concurrency = m.pick("max_concurrency", args.max_concurrency, parse_count)?;
         let max_attempts = m.pick("max_attempts", args.max_attempts, parse_count)?;
         let attempt_timeout = m.pick("attempt_timeout", args.attempt_timeout, parse_timeout)?;
@@ -123,6 +128,7 @@ impl Settings {
             redis,
             name,
             quota,
+            backoff,
             max_concurrency,
             max_attempts: max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
             attempt_timeout: attempt_timeout.unwrap_or(DEFAULT_ATTEMPT_TIMEOUT),
@@ -165,6 +171,7 @@ pub(super) fn egress_config(settings: &Settings, proxy: &ProxyConfig) -> EgressC
         .unwrap_or_else(|| proxy.upstream.authority().to_string());
     let mut config = EgressConfig::new(name);
     settings.quota.apply(&mut config);
+    settings.backoff.apply(&mut config);
     if let Some(max) = settings.max_concurrency {
         config.concurrency.max = max;
         config.concurrency.initial = config.concurrency.initial.min(max);
@@ -421,6 +428,11 @@ log_format: json
         let s = Settings::merge(&args(&[]), Some(&file)).unwrap();
         assert_eq!(s.upstream, "https://api.openai.com");
         assert_eq!((s.quota.rpm, s.quota.tpm), (Some(500), Some(200_000)));
+        assert_eq!(
+            s.backoff.0,
+            sluice_egress::ClassBackoff::default(),
+            "the file shows the defaults"
+        );
         // An https upstream needs the (default) tls feature.
         assert_eq!(proxy_config(&s).is_ok(), cfg!(feature = "tls"));
     }
@@ -440,5 +452,41 @@ log_format: json
         assert_eq!(egress.quota.alert_levels, vec![50, 75]);
         assert_eq!(egress.concurrency.max, 16);
         assert_eq!(egress.retry.max_attempts, 3);
+    }
+
+    #[test]
+    fn backoff_comes_from_the_flag_else_the_file_else_the_default() {
+        let file =
+            "upstream: http://h\nbackoff_rate_limited: 10s..1m\nbackoff_server_error: 1s..2s";
+        let s = settings(&["--backoff-server-error", "250ms..1s"], file).unwrap();
+        let proxy = proxy_config(&s).unwrap();
+        let backoff = egress_config(&s, &proxy).retry.backoff;
+        let secs = Duration::from_secs;
+        assert_eq!(
+            (backoff.rate_limited.base, backoff.rate_limited.max),
+            (secs(10), secs(60))
+        );
+        assert_eq!(
+            (backoff.server_error.base, backoff.server_error.max),
+            (Duration::from_millis(250), secs(1))
+        );
+        assert_eq!(
+            backoff.quota_exhausted,
+            sluice_egress::ClassBackoff::default().quota_exhausted
+        );
+        let error = settings(&[], "upstream: http://h\nbackoff_rate_limited: 5m..1m")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("egress.yaml:2: invalid value '5m..1m' for 'backoff_rate_limited': MAX (60s) is below MIN (300s)"),
+            "{error}"
+        );
+        let error = crate::cli::proxy_args(&["--backoff-quota-exhausted", "5m"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("invalid value '5m' for '--backoff-quota-exhausted <MIN..MAX>': expected MIN..MAX, e.g. 60s..5m"),
+            "{error}"
+        );
     }
 }

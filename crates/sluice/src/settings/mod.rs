@@ -8,14 +8,16 @@
 //! name the file, the line, the key and the value, as a flag's name the flag and the value;
 //! an unknown key is an error, not a silently ignored typo. [`file`] reads the file,
 //! [`Merge`] picks each setting, [`Origins`] remembers which came from the file (for
-//! messages and the startup log), and [`quota`] holds the quota settings both subcommands
-//! share.
+//! messages and the startup log), and [`quota`] and [`backoff`] hold the quota and retry
+//! backoff settings both subcommands share.
 
+mod backoff;
 mod file;
 mod quota;
 
 use std::collections::BTreeMap;
 
+pub(crate) use backoff::BackoffSettings;
 pub(crate) use file::{ConfigFile, FileKeys};
 pub(crate) use quota::QuotaSettings;
 

@@ -121,6 +121,20 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     sluice_core::time::parse_duration(text.trim()).map_err(|err| err.to_string())
 }
 
+/// A backoff schedule, `MIN..MAX` in the core's duration grammar (`60s..5m`): the first
+/// retry's ceiling, doubling up to the last.
+pub(crate) fn parse_backoff(text: &str) -> Result<sluice_core::Backoff, String> {
+    let Some((base, max)) = text.split_once("..") else {
+        return Err(format!("expected MIN..MAX, e.g. 60s..5m, got '{text}'"));
+    };
+    let base = parse_timeout(base).map_err(|e| format!("MIN: {e}"))?;
+    let max = parse_timeout(max).map_err(|e| format!("MAX: {e}"))?;
+    if max < base {
+        return Err(format!("MAX ({max:?}) is below MIN ({base:?})"));
+    }
+    Ok(sluice_core::Backoff { base, max })
+}
+
 /// A timeout: a positive duration in the core's grammar (`30s`, `10m`, `1h`).
 pub(crate) fn parse_timeout(text: &str) -> Result<Duration, String> {
     let duration = parse_duration(text)?;
