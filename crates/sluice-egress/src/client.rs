@@ -440,8 +440,7 @@ impl<S: Store> Egress<S> {
         }
     }
 
-    /// The client's clock reading: the timeline of its pacing, quota and reports, and the
-    /// `started` a caller of [`next_step`](Self::next_step) passes.
+    /// The client's clock reading: the timeline of its pacing, quota and reports.
     pub fn now(&self) -> Nanos {
         self.inner.clock.now()
     }
@@ -499,7 +498,7 @@ impl<S: Store> Egress<S> {
 
     /// [`execute`](Self::execute), shared with identical calls in flight: while a call with
     /// the same `key` runs, this one waits for its answer instead of calling the upstream
-    /// again (see [`crate::coalesce`]). Only for idempotent requests. An error is
+    /// again (see [`Coalescer`](crate::Coalescer)). Only for idempotent requests. An error is
     /// [`EgressError::Shared`] for the callers that waited for it.
     pub async fn execute_coalesced<F, Fut>(
         &self,

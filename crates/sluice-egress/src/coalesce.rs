@@ -1,47 +1,4 @@
 //! Request coalescing: identical concurrent idempotent requests share one upstream call.
-//!
-//! When many workers ask the upstream the same thing at the same moment (the same `GET` of
-//! a model list or a document, a deterministic completion such as `temperature: 0` with a
-//! seed, asked by every replica of a batch job), a [`Coalescer`] sends it once: the first
-//! caller for a [`CoalesceKey`] (the *leader*) makes the call, and callers that arrive
-//! with the same key while it runs (*followers*) wait for its answer and get a clone of
-//! it, marked [`Coalesced::shared`]. Quota, pace and concurrency are spent once.
-//!
-//! It is **opt-in**, and only for **idempotent** requests whose answer may be given to
-//! every caller: two callers coalesced together get the same answer, so never coalesce
-//! a request that changes state (a `POST` that creates something, a payment) or one whose
-//! answer is meant to differ per call (a sampled completion). Requests that differ in
-//! method, URI, body or one of the headers named in `vary` (name `authorization`, so that
-//! two API keys never share an answer) have different keys and never share.
-//!
-//! It is not a cache: the entry of a key is removed the moment its leader finishes, so a
-//! request arriving afterwards makes a new call. Memory is one entry per distinct key in
-//! flight (the caller bounds how many calls are in flight) plus one receiver per waiting
-//! follower.
-//!
-//! # Cancellation and panics
-//!
-//! Nothing is spawned: the leader's own future drives its call. If that future is dropped
-//! (the caller gave up, a timeout) or its call panics, the key's entry is removed and the
-//! followers see "leader gone", never a made-up answer. Each follower kept its own `call`,
-//! so they try again: the first to get there becomes the new leader and runs its call,
-//! and the others follow it. A panic is propagated in the leader's task only.
-//!
-//! ```
-//! use http::{HeaderMap, Method, Uri, header::AUTHORIZATION};
-//! use sluice_egress::coalesce::{CoalesceKey, Coalescer};
-//!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() {
-//! let coalescer = Coalescer::<String>::new();
-//! let uri = Uri::from_static("https://api.example.com/v1/models");
-//! let key = CoalesceKey::new(&Method::GET, &uri, &HeaderMap::new(), &[AUTHORIZATION], b"");
-//! let answer = coalescer.run(key, || async { "models".to_owned() }).await;
-//! assert_eq!(answer.value, "models");
-//! assert!(!answer.shared); // nobody else was asking
-//! assert_eq!(coalescer.in_flight(), 0);
-//! # }
-//! ```
 
 use std::collections::HashMap;
 use std::fmt;
@@ -140,8 +97,53 @@ pub struct Coalesced<T> {
     pub shared: bool,
 }
 
+/// Request coalescing: identical concurrent idempotent requests share one upstream call.
+///
+/// When many workers ask the upstream the same thing at the same moment (the same `GET` of
+/// a model list or a document, a deterministic completion such as `temperature: 0` with a
+/// seed, asked by every replica of a batch job), a [`Coalescer`] sends it once: the first
+/// caller for a [`CoalesceKey`] (the *leader*) makes the call, and callers that arrive
+/// with the same key while it runs (*followers*) wait for its answer and get a clone of
+/// it, marked [`Coalesced::shared`]. Quota, pace and concurrency are spent once.
+///
+/// It is **opt-in**, and only for **idempotent** requests whose answer may be given to
+/// every caller: two callers coalesced together get the same answer, so never coalesce
+/// a request that changes state (a `POST` that creates something, a payment) or one whose
+/// answer is meant to differ per call (a sampled completion). Requests that differ in
+/// method, URI, body or one of the headers named in `vary` (name `authorization`, so that
+/// two API keys never share an answer) have different keys and never share.
+///
+/// It is not a cache: the entry of a key is removed the moment its leader finishes, so a
+/// request arriving afterwards makes a new call. Memory is one entry per distinct key in
+/// flight (the caller bounds how many calls are in flight) plus one receiver per waiting
+/// follower.
+///
+/// # Cancellation and panics
+///
+/// Nothing is spawned: the leader's own future drives its call. If that future is dropped
+/// (the caller gave up, a timeout) or its call panics, the key's entry is removed and the
+/// followers see "leader gone", never a made-up answer. Each follower kept its own `call`,
+/// so they try again: the first to get there becomes the new leader and runs its call,
+/// and the others follow it. A panic is propagated in the leader's task only.
+///
+/// ```
+/// use http::{HeaderMap, Method, Uri, header::AUTHORIZATION};
+/// use sluice_egress::{CoalesceKey, Coalescer};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let coalescer = Coalescer::<String>::new();
+/// let uri = Uri::from_static("https://api.example.com/v1/models");
+/// let key = CoalesceKey::new(&Method::GET, &uri, &HeaderMap::new(), &[AUTHORIZATION], b"");
+/// let answer = coalescer.run(key, || async { "models".to_owned() }).await;
+/// assert_eq!(answer.value, "models");
+/// assert!(!answer.shared); // nobody else was asking
+/// assert_eq!(coalescer.in_flight(), 0);
+/// # }
+/// ```
+///
 /// Runs at most one `call` per key at a time; callers that arrive while it runs wait for
-/// its result and get a clone of it. See the [module documentation](self).
+/// its result and get a clone of it.
 pub struct Coalescer<T> {
     state: Mutex<State<T>>,
 }

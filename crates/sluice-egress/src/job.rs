@@ -38,7 +38,7 @@ impl fmt::Display for Priority {
 /// What the caller says about one call.
 #[derive(Clone, Debug)]
 pub struct Job {
-    /// Higher goes first; below [`QuotaConfig::pause_exempt`] it pauses at the threshold.
+    /// Higher goes first; below [`QuotaConfig::pause_exempt`](crate::quota::QuotaConfig::pause_exempt) it pauses at the threshold.
     pub priority: Priority,
     /// Whose work it is: callers of one priority are served in turn by tenant, so one
     /// tenant's thousand calls do not starve another's one.

@@ -1,48 +1,4 @@
-//! A tower layer that sends every request of a tower HTTP client service through an
-//! [`Egress`] client: pacing, quota, adaptive concurrency, retries and the circuit breaker
-//! for any `Service<http::Request<Full<Bytes>>>` (hyper-util's client, a tower stack, a
-//! test double).
-//!
-//! ```text
-//!  request ──▶ read the body (≤ max_request_body) ──▶ Job: method, estimated tokens,
-//!              priority / tenant / max wait (extensions, else x-sluice-* headers, which
-//!              are removed)
-//!          ──▶ Egress::execute: for each attempt, a copy of the request as
-//!              Request<Full<Bytes>> ──▶ inner service (cloned, polled ready) ──▶ read the
-//!              answer's body (≤ max_response_body)
-//!  answer  ◀── Response<Full<Bytes>>: the upstream's last answer, successful or not
-//! ```
-//!
-//! # Bodies are buffered
-//!
-//! The request body is read into memory once, before anything is sent: the client needs
-//! its bytes to estimate the tokens, and a retry sends them again. The inner service is
-//! therefore called with `Request<Full<Bytes>>`, whatever the caller's body type. The
-//! answer's body is read whole too (the client reads the usage it reports and sorts errors
-//! by their wording), so a streamed answer (server-sent events) reaches the caller only once
-//! it has ended. Both are bounded ([`DEFAULT_MAX_BODY`] unless set): a larger request fails
-//! with [`EgressLayerError::RequestTooLarge`] before anything is sent, a larger answer fails
-//! that call, without retrying, with a [`ResponseTooLarge`] as its cause.
-//!
-//! # Readiness
-//!
-//! [`EgressService::poll_ready`] is always ready: a call may wait for pace and quota for a
-//! long time, and holding the inner service's readiness meanwhile would block every other
-//! caller. Each attempt clones the inner service and waits for that clone to be ready (the
-//! usual clone-and-ready pattern), so the inner service must be `Clone`.
-//!
-//! # What the job says
-//!
-//! The [`Job`] of a request is made by the same rules here and in the reqwest middleware:
-//! the method decides whether it may be retried after a failure that may have been
-//! processed, [`estimate_tokens`] of the body gives its tokens (0 when the body is not an
-//! LLM request in JSON), and its priority, tenant and longest wait come from a request
-//! extension ([`Priority`](crate::Priority), [`Tenant`](crate::Tenant),
-//! [`MaxWait`](crate::MaxWait)) or else from a header
-//! ([`PRIORITY_HEADER`](crate::PRIORITY_HEADER), [`TENANT_HEADER`](crate::TENANT_HEADER),
-//! [`MAX_WAIT_HEADER`](crate::MAX_WAIT_HEADER)); see [`crate::job`]. Those headers are
-//! always removed before the request goes upstream; one with a value that does not parse
-//! fails the call with a [`JobHeaderError`] naming it.
+//! The tower layer: [`EgressLayer`] and its [`EgressService`].
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -77,8 +33,54 @@ pub struct ResponseTooLarge {
     pub limit: usize,
 }
 
+/// A tower layer that sends every request of a tower HTTP client service through an
+/// [`Egress`] client: pacing, quota, adaptive concurrency, retries and the circuit breaker
+/// for any `Service<http::Request<Full<Bytes>>>` (hyper-util's client, a tower stack, a
+/// test double).
+///
+/// ```text
+///  request ──▶ read the body (≤ max_request_body) ──▶ Job: method, estimated tokens,
+///              priority / tenant / max wait (extensions, else x-sluice-* headers, which
+///              are removed)
+///          ──▶ Egress::execute: for each attempt, a copy of the request as
+///              Request<Full<Bytes>> ──▶ inner service (cloned, polled ready) ──▶ read the
+///              answer's body (≤ max_response_body)
+///  answer  ◀── Response<Full<Bytes>>: the upstream's last answer, successful or not
+/// ```
+///
+/// # Bodies are buffered
+///
+/// The request body is read into memory once, before anything is sent: the client needs
+/// its bytes to estimate the tokens, and a retry sends them again. The inner service is
+/// therefore called with `Request<Full<Bytes>>`, whatever the caller's body type. The
+/// answer's body is read whole too (the client reads the usage it reports and sorts errors
+/// by their wording), so a streamed answer (server-sent events) reaches the caller only once
+/// it has ended. Both are bounded ([`DEFAULT_MAX_BODY`] unless set): a larger request fails
+/// with [`EgressLayerError::RequestTooLarge`] before anything is sent, a larger answer fails
+/// that call, without retrying, with a [`ResponseTooLarge`] as its cause.
+///
+/// # Readiness
+///
+/// [`EgressService::poll_ready`] is always ready: a call may wait for pace and quota for a
+/// long time, and holding the inner service's readiness meanwhile would block every other
+/// caller. Each attempt clones the inner service and waits for that clone to be ready (the
+/// usual clone-and-ready pattern), so the inner service must be `Clone`.
+///
+/// # What the job says
+///
+/// The [`Job`](crate::Job) of a request is made by the same rules here and in the reqwest middleware:
+/// the method decides whether it may be retried after a failure that may have been
+/// processed, [`estimate_tokens`](crate::usage::estimate_tokens) of the body gives its tokens (0 when the body is not an
+/// LLM request in JSON), and its priority, tenant and longest wait come from a request
+/// extension ([`Priority`](crate::Priority), [`Tenant`](crate::Tenant),
+/// [`MaxWait`](crate::MaxWait)) or else from a header
+/// ([`PRIORITY_HEADER`](crate::PRIORITY_HEADER), [`TENANT_HEADER`](crate::TENANT_HEADER),
+/// [`MAX_WAIT_HEADER`](crate::MAX_WAIT_HEADER)). Those headers are
+/// always removed before the request goes upstream; one with a value that does not parse
+/// fails the call with a [`JobHeaderError`] naming it.
+///
 /// A [`tower_layer::Layer`] that puts an [`Egress`] client in front of an HTTP client
-/// service. See the [module docs](self).
+/// service, as above.
 pub struct EgressLayer<S = MemoryStore<TokioClock>> {
     egress: Egress<S>,
     limits: Limits,

@@ -153,7 +153,7 @@ pub struct DimensionPace {
 /// The reservations one call took, to settle or cancel after the call.
 #[derive(Debug)]
 #[must_use = "settle or cancel the reservation after the call"]
-pub struct Paced {
+pub(crate) struct Paced {
     /// How long to wait before sending.
     pub wait: Duration,
     requests: Option<Reservation>,
@@ -318,7 +318,7 @@ fn whole_units(x: f64) -> u64 {
 
 /// Paces calls to one upstream by requests and tokens. See the [module docs](self).
 #[derive(Debug)]
-pub struct Pacer<S> {
+pub(crate) struct Pacer<S> {
     store: S,
     headroom: f64,
     burst: Duration,
@@ -327,7 +327,11 @@ pub struct Pacer<S> {
 
 impl<S: Store> Pacer<S> {
     /// A pacer for the upstream named `upstream` (its state's key in `store`).
-    pub fn new(store: S, upstream: &str, config: &PaceConfig) -> Result<Self, PaceConfigError> {
+    pub(crate) fn new(
+        store: S,
+        upstream: &str,
+        config: &PaceConfig,
+    ) -> Result<Self, PaceConfigError> {
         config.validate()?;
         Ok(Self {
             store,
@@ -356,7 +360,7 @@ impl<S: Store> Pacer<S> {
     }
 
     /// Where each dimension stands at `now`.
-    pub fn view(&self, now: Nanos) -> [(PaceDimension, DimensionPace); 2] {
+    pub(crate) fn view(&self, now: Nanos) -> [(PaceDimension, DimensionPace); 2] {
         let lanes = self.lanes();
         [
             (PaceDimension::Requests, lanes[0].view(self.headroom, now)),
@@ -366,7 +370,7 @@ impl<S: Store> Pacer<S> {
 
     /// Reserves one request and `tokens` estimated tokens, for the earliest instant both
     /// are available, if that is at most `max_wait` after `now`.
-    pub async fn reserve(
+    pub(crate) async fn reserve(
         &self,
         tokens: u64,
         max_wait: Duration,
@@ -469,7 +473,7 @@ impl<S: Store> Pacer<S> {
     }
 
     /// Corrects the tokens `paced` took to `actual`.
-    pub async fn settle(&self, paced: &Paced, actual_tokens: u64) -> Result<(), PaceError> {
+    pub(crate) async fn settle(&self, paced: &Paced, actual_tokens: u64) -> Result<(), PaceError> {
         if let Some(tokens) = &paced.tokens {
             self.store
                 .settle(tokens, actual_tokens)
@@ -480,7 +484,7 @@ impl<S: Store> Pacer<S> {
     }
 
     /// Gives back everything `paced` took (the call was never sent).
-    pub async fn cancel(&self, paced: &Paced) -> Result<(), PaceError> {
+    pub(crate) async fn cancel(&self, paced: &Paced) -> Result<(), PaceError> {
         for reservation in [&paced.requests, &paced.tokens].into_iter().flatten() {
             self.store.cancel(reservation).await.map_err(store_error)?;
         }
@@ -489,7 +493,7 @@ impl<S: Store> Pacer<S> {
 
     /// Learns from an upstream's answer: its limits, what is exhausted, and how long it
     /// asked every caller to wait.
-    pub fn observe(&self, signals: &UpstreamSignals, now: Nanos) {
+    pub(crate) fn observe(&self, signals: &UpstreamSignals, now: Nanos) {
         let mut lanes = self.lanes();
         lanes[0].observe(&signals.requests, now);
         lanes[1].observe(&signals.tokens, now);
@@ -506,21 +510,21 @@ impl<S: Store> Pacer<S> {
     }
 
     /// Holds every dimension until `until` (the upstream said its quota is exhausted).
-    pub fn hold(&self, until: Nanos) {
+    pub(crate) fn hold(&self, until: Nanos) {
         for lane in self.lanes().iter_mut() {
             lane.hold(until);
         }
     }
 
     /// A call succeeded: the AIMD fractions may climb.
-    pub fn on_success(&self, now: Nanos) {
+    pub(crate) fn on_success(&self, now: Nanos) {
         for lane in self.lanes().iter_mut() {
             lane.on_success(now);
         }
     }
 
     /// The upstream said 429: slow the dimension it ran out of (both when it did not say).
-    pub fn on_rate_limited(&self, signals: &UpstreamSignals, now: Nanos) {
+    pub(crate) fn on_rate_limited(&self, signals: &UpstreamSignals, now: Nanos) {
         let mut lanes = self.lanes();
         let requests_out = signals.requests.remaining == Some(0);
         let tokens_out = signals.tokens.remaining == Some(0);

@@ -11,13 +11,13 @@ use std::time::Duration;
 use sluice_core::Nanos;
 
 /// How far below the measured rate the probe restarts after a 429.
-pub const BACKOFF: f64 = 0.9;
+pub(crate) const BACKOFF: f64 = 0.9;
 /// The climb per run of successes, as a fraction of the rate measured at the last 429.
-pub const STEP: f64 = 0.01;
+pub(crate) const STEP: f64 = 0.01;
 /// Successes per step.
-pub const RUN: u32 = 20;
+pub(crate) const RUN: u32 = 20;
 /// 429s within this long of a decrease belong to the same burst.
-pub const COOLDOWN: Duration = Duration::from_secs(2);
+pub(crate) const COOLDOWN: Duration = Duration::from_secs(2);
 
 const SECOND: u64 = 1_000_000_000;
 /// Whole seconds the success rate is measured over.
@@ -71,7 +71,7 @@ impl Meter {
 
 /// The probe's state: unpaced until the first 429, then a measured rate that climbs.
 #[derive(Clone, Debug, Default)]
-pub struct RateProbe {
+pub(crate) struct RateProbe {
     meter: Meter,
     rate: Option<f64>,
     step: f64,
@@ -81,12 +81,12 @@ pub struct RateProbe {
 
 impl RateProbe {
     /// The rate to pace at, per minute; `None` before the first 429.
-    pub fn rate_per_minute(&self) -> Option<f64> {
+    pub(crate) fn rate_per_minute(&self) -> Option<f64> {
         self.rate
     }
 
     /// A call succeeded at `now`.
-    pub fn on_success(&mut self, now: Nanos) {
+    pub(crate) fn on_success(&mut self, now: Nanos) {
         self.meter.record(now);
         let Some(rate) = self.rate else { return };
         self.successes += 1;
@@ -97,7 +97,7 @@ impl RateProbe {
     }
 
     /// The upstream answered 429 at `now`. Returns whether the rate changed.
-    pub fn on_rate_limited(&mut self, now: Nanos) -> bool {
+    pub(crate) fn on_rate_limited(&mut self, now: Nanos) -> bool {
         self.successes = 0;
         if self
             .last_decrease

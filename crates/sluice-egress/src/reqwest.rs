@@ -25,7 +25,7 @@
 //! # The job
 //!
 //! Each request's [`Job`](crate::Job) is made as the tower layer makes it (see
-//! [`crate::layer`]): its method, [`estimate_tokens`](crate::usage::estimate_tokens) of its
+//! [`EgressLayer`](crate::EgressLayer)): its method, [`estimate_tokens`](crate::usage::estimate_tokens) of its
 //! body (0 when the body is not an LLM request in JSON, or is a stream), and its priority,
 //! tenant and longest wait from the middleware's extensions
 //! ([`reqwest_middleware::RequestBuilder::with_extension`] with a

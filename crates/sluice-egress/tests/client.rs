@@ -659,7 +659,7 @@ async fn identical_concurrent_calls_share_one_upstream_call() {
     let egress = client(&s, EgressConfig::new("fake"));
     let get = Job::new(&Method::GET, 0);
     let key = || {
-        sluice_egress::coalesce::CoalesceKey::new(
+        sluice_egress::CoalesceKey::new(
             &Method::GET,
             &"/v1/models".parse().unwrap(),
             &http::HeaderMap::new(),

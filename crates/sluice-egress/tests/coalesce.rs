@@ -13,7 +13,7 @@ use proptest::prelude::*;
 use serde_json::Value;
 use sluice_core::Nanos;
 use sluice_egress::TokioClock;
-use sluice_egress::coalesce::{CoalesceKey, Coalesced, Coalescer};
+use sluice_egress::{CoalesceKey, Coalesced, Coalescer};
 use sluice_testkit::upstream::{FakeUpstream, FakeUpstreamConfig, json_request};
 use tokio::task::{JoinHandle, JoinSet};
 

@@ -9,7 +9,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use sluice_egress::Priority;
-use sluice_egress::gate::{Gate, GateFull};
+use sluice_egress::{Gate, GateFull};
 use tokio::task::JoinHandle;
 
 type Log = Arc<Mutex<Vec<String>>>;

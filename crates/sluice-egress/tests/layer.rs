@@ -8,11 +8,13 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response};
 use http_body_util::{BodyExt, Full};
 use sluice_core::{BreakerConfig, Nanos};
-use sluice_egress::layer::{EgressLayer, EgressLayerError, EgressService, ResponseTooLarge};
 use sluice_egress::quota::Dimension;
 use sluice_egress::usage::estimate_tokens;
-use sluice_egress::{Egress, EgressConfig, EgressError, Priority, TokioClock};
-use sluice_egress::{MAX_WAIT_HEADER, PRIORITY_HEADER, TENANT_HEADER, Tenant};
+use sluice_egress::{
+    Egress, EgressConfig, EgressError, EgressLayer, EgressLayerError, EgressService,
+    MAX_WAIT_HEADER, PRIORITY_HEADER, Priority, ResponseTooLarge, TENANT_HEADER, Tenant,
+    TokioClock,
+};
 use sluice_store::MemoryStore;
 use sluice_testkit::upstream::{
     FakeUpstream, FakeUpstreamConfig, Fault, chat_body, chat_request, json_request,
