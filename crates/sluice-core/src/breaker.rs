@@ -65,6 +65,7 @@
 
 use std::time::Duration;
 
+use crate::outcomes::Outcomes;
 use crate::time::{Nanos, duration_nanos};
 
 /// How a [`CircuitBreaker`] trips and recovers.
@@ -198,11 +199,9 @@ pub struct CircuitBreaker {
     state: BreakerState,
     /// Consecutive failures while closed.
     failures: u32,
-    /// The latest outcomes while closed, newest in bit 0, a set bit for a failure. Only
-    /// the low `window` bits count; kept only with a failure rate.
-    outcomes: u128,
-    /// How many outcomes `outcomes` holds, at most `window`.
-    outcome_count: u32,
+    /// The latest outcomes while closed, a yes for a failure; kept only with a failure
+    /// rate.
+    outcomes: Outcomes,
     /// Probes issued in the current half-open period and not yet reported or released.
     probes_in_flight: u32,
     /// Incremented on every state change; stamps permits so stale outcomes are ignored.
@@ -221,8 +220,7 @@ impl CircuitBreaker {
             },
             state: BreakerState::Closed,
             failures: 0,
-            outcomes: 0,
-            outcome_count: 0,
+            outcomes: Outcomes::new(config.failure_rate.map_or(1, |rate| rate.window)),
             probes_in_flight: 0,
             generation: 0,
         }
@@ -341,19 +339,16 @@ impl CircuitBreaker {
 
     /// Pushes one outcome into the failure-rate window, if there is one.
     fn record(&mut self, failed: bool) {
-        if let Some(rate) = self.config.failure_rate {
-            // `window` is 1 to 128 (clamped in `new`), so the shift is 0 to 127.
-            let mask = u128::MAX >> (u128::BITS - rate.window);
-            self.outcomes = ((self.outcomes << 1) | u128::from(failed)) & mask;
-            self.outcome_count = (self.outcome_count + 1).min(rate.window);
+        if self.config.failure_rate.is_some() {
+            self.outcomes.record(failed);
         }
     }
 
     /// Whether the window holds enough outcomes, and enough of them are failures.
     fn rate_reached(&self) -> bool {
         self.config.failure_rate.is_some_and(|rate| {
-            let failures = u64::from(self.outcomes.count_ones());
-            let outcomes = u64::from(self.outcome_count);
+            let failures = u64::from(self.outcomes.count());
+            let outcomes = u64::from(self.outcomes.len());
             outcomes >= u64::from(rate.min_calls)
                 && failures * 100 >= u64::from(rate.percent) * outcomes
         })
@@ -367,8 +362,7 @@ impl CircuitBreaker {
     fn transition(&mut self, to: BreakerState) {
         self.state = to;
         self.failures = 0;
-        self.outcomes = 0;
-        self.outcome_count = 0;
+        self.outcomes.clear();
         self.probes_in_flight = 0;
         self.generation = self.generation.wrapping_add(1);
     }
@@ -881,8 +875,8 @@ mod tests {
                     let failed = model.iter().filter(|&&f| f).count();
                     let kept = if rate.is_some() { model.len() } else { 0 };
                     let kept_failed = if rate.is_some() { failed } else { 0 };
-                    prop_assert_eq!(breaker.outcome_count as usize, kept);
-                    prop_assert_eq!(breaker.outcomes.count_ones() as usize, kept_failed);
+                    prop_assert_eq!(breaker.outcomes.len() as usize, kept);
+                    prop_assert_eq!(breaker.outcomes.count() as usize, kept_failed);
                 }
             }
         }

@@ -35,6 +35,7 @@ pub mod calendar;
 pub mod clock;
 pub mod decision;
 pub mod key;
+pub mod outcomes;
 pub mod policy;
 pub mod time;
 
@@ -48,5 +49,6 @@ pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker, FailureRate, Perm
 pub use clock::{Clock, ManualClock, MonotonicClock, SystemClock};
 pub use decision::{Decision, Plan, Ticket, Verdict};
 pub use key::{Key, KeyError};
+pub use outcomes::Outcomes;
 pub use policy::{AlgorithmKind, MAX_SPAN_NANOS, Policy, PolicyError, Rate};
 pub use time::Nanos;

@@ -62,7 +62,7 @@
 
 use std::time::Duration;
 
-use sluice_core::{Aimd, AimdConfig, Nanos};
+use sluice_core::{Aimd, AimdConfig, Nanos, Outcomes};
 
 use crate::classify::ErrorClass;
 
@@ -299,10 +299,8 @@ pub struct AdaptiveConcurrency {
     /// The latency baseline in seconds, once a success has been seen.
     baseline: Option<f64>,
     health: Option<HealthRule>,
-    /// The latest calls' outcomes, newest in bit 0, a set bit for a failure.
-    outcomes: u128,
-    /// How many outcomes `outcomes` holds, at most the rule's window.
-    outcome_count: u32,
+    /// The latest calls' outcomes, a yes for a failure.
+    failures: Outcomes,
     /// The most used quota dimension's share, from [`AdaptiveConcurrency::observe_quota`].
     quota_used: f64,
 }
@@ -326,8 +324,7 @@ impl AdaptiveConcurrency {
             epoch: 0,
             baseline: None,
             health: config.health,
-            outcomes: 0,
-            outcome_count: 0,
+            failures: Outcomes::new(config.health.map_or(1, |rule| rule.window)),
             quota_used: 0.0,
         })
     }
@@ -410,24 +407,16 @@ impl AdaptiveConcurrency {
     /// The share of the recent calls that failed, once enough have been seen.
     pub fn error_rate(&self) -> Option<f64> {
         let health = self.health?;
-        if self.outcome_count == 0 || self.outcome_count < health.window.div_ceil(4) {
+        if self.failures.len() < health.window.div_ceil(4) {
             return None;
         }
-        Some(f64::from(self.outcomes.count_ones()) / f64::from(self.outcome_count))
+        self.failures.share()
     }
 
     fn record(&mut self, failed: bool) {
-        let Some(health) = self.health else {
-            return;
-        };
-        let window = health.window.min(128);
-        let mask = if window >= 128 {
-            u128::MAX
-        } else {
-            (1u128 << window) - 1
-        };
-        self.outcomes = ((self.outcomes << 1) | u128::from(failed)) & mask;
-        self.outcome_count = (self.outcome_count + 1).min(window);
+        if self.health.is_some() {
+            self.failures.record(failed);
+        }
     }
 
     /// Whether the error rate or the quota usage calls for a decrease.

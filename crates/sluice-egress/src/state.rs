@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use sluice_core::{BreakerState, CircuitBreaker, Nanos, Permit};
+use sluice_core::{BreakerState, CircuitBreaker, Nanos, Outcomes, Permit};
 use sluice_http::UpstreamSignals;
 
 use crate::Priority;
@@ -335,9 +335,8 @@ impl EgressState {
 #[derive(Debug)]
 struct Throttle {
     config: ThrottleAlertConfig,
-    /// Newest in bit 0, a set bit for a throttled attempt.
-    outcomes: u128,
-    count: u32,
+    /// A yes for a throttled attempt.
+    throttled: Outcomes,
     raised: bool,
 }
 
@@ -345,25 +344,18 @@ impl Throttle {
     fn new(config: ThrottleAlertConfig) -> Self {
         Self {
             config,
-            outcomes: 0,
-            count: 0,
+            throttled: Outcomes::new(config.window),
             raised: false,
         }
     }
 
     fn record(&mut self, throttled: bool, events: &mut Vec<EgressEvent>) {
-        let window = self.config.window.clamp(1, 128);
-        let mask = if window >= 128 {
-            u128::MAX
-        } else {
-            (1u128 << window) - 1
-        };
-        self.outcomes = ((self.outcomes << 1) | u128::from(throttled)) & mask;
-        self.count = (self.count + 1).min(window);
-        if self.count < window {
+        self.throttled.record(throttled);
+        let window = self.throttled.capacity();
+        if self.throttled.len() < window {
             return;
         }
-        let rate = f64::from(self.outcomes.count_ones()) / f64::from(window);
+        let rate = f64::from(self.throttled.count()) / f64::from(window);
         if !self.raised && rate >= self.config.threshold {
             self.raised = true;
             events.push(EgressEvent::ThrottleAlert {
