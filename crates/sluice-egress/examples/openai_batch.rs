@@ -20,16 +20,12 @@ use sluice_egress::reqwest::EgressMiddleware;
 use sluice_egress::{Egress, EgressConfig, TokioClock};
 use sluice_testkit::upstream::{FakeUpstream, FakeUpstreamConfig, chat_body};
 
-const WORKERS: usize = 16;
+#[path = "support/mod.rs"]
+mod support;
 
-fn env_number(name: &str, default: u64) -> Result<u64, String> {
-    match std::env::var(name) {
-        Ok(value) => value
-            .parse()
-            .map_err(|e| format!("{name}={value:?} is not a whole number: {e}")),
-        Err(_) => Ok(default),
-    }
-}
+use support::env_number;
+
+const WORKERS: usize = 16;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

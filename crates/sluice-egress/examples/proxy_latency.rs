@@ -13,69 +13,24 @@
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
-use http::Request;
-use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use sluice_egress::proxy::{self, ProxyConfig};
 use sluice_egress::{Egress, EgressConfig, TokioClock};
 use sluice_testkit::upstream::{FakeUpstream, FakeUpstreamConfig, chat_body};
 use tokio::net::TcpListener;
-use tokio::time::Instant;
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+#[path = "support/mod.rs"]
+mod support;
+#[path = "support/http.rs"]
+mod support_http;
+
+use support::{env_number, micros, percentile};
+use support_http::{HttpClient, timed};
 
 const WARMUP: usize = 200;
-
-fn env_number(name: &str, default: u64) -> Result<u64, String> {
-    match std::env::var(name) {
-        Ok(value) => value
-            .parse()
-            .map_err(|e| format!("{name}={value:?} is not a whole number: {e}")),
-        Err(_) => Ok(default),
-    }
-}
-
-/// One request, its whole answer read; returns how long it took.
-async fn timed(client: &HttpClient, url: &str, body: &Bytes) -> Result<Duration, String> {
-    let request = Request::post(url)
-        .header("content-type", "application/json")
-        .header("authorization", "Bearer sk-latency-test")
-        .body(Full::new(body.clone()))
-        .map_err(|e| e.to_string())?;
-    let started = Instant::now();
-    let response = client.request(request).await.map_err(|e| e.to_string())?;
-    let status = response.status();
-    response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?;
-    let took = started.elapsed();
-    if status != 200 {
-        return Err(format!("{url} answered {status}"));
-    }
-    Ok(took)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss,
-        reason = "an index into a short list"
-    )]
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
-}
-
-fn micros(d: Duration) -> String {
-    format!("{:.0} µs", d.as_secs_f64() * 1e6)
-}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -19,51 +19,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::Request;
-use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use sluice_egress::proxy::{self, ProxyConfig};
 use sluice_egress::{Egress, EgressConfig, TokioClock};
 use sluice_testkit::upstream::{FakeUpstream, FakeUpstreamConfig, chat_body};
 use tokio::net::TcpListener;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::MissedTickBehavior;
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+#[path = "support/mod.rs"]
+mod support;
+#[path = "support/http.rs"]
+mod support_http;
+
+use support::{env_number, micros, percentile};
+use support_http::{HttpClient, timed};
 
 /// Requests in flight at once, each worker sending at its share of the rate.
 const WORKERS: u32 = 8;
-
-fn env_number(name: &str, default: u64) -> Result<u64, String> {
-    match std::env::var(name) {
-        Ok(value) => value
-            .parse()
-            .map_err(|e| format!("{name}={value:?} is not a whole number: {e}")),
-        Err(_) => Ok(default),
-    }
-}
-
-/// One request, its whole answer read; how long it took.
-async fn timed(client: &HttpClient, url: &str, body: &Bytes) -> Result<Duration, String> {
-    let request = Request::post(url)
-        .header("content-type", "application/json")
-        .header("authorization", "Bearer sk-latency-test")
-        .body(Full::new(body.clone()))
-        .map_err(|e| e.to_string())?;
-    let started = Instant::now();
-    let response = client.request(request).await.map_err(|e| e.to_string())?;
-    let status = response.status();
-    response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?;
-    if status != 200 {
-        return Err(format!("{url} answered {status}"));
-    }
-    Ok(started.elapsed())
-}
 
 /// `rate` requests a second to `url` for `seconds`, from [`WORKERS`] workers on fixed
 /// ticks; every latency, sorted.
@@ -99,24 +72,9 @@ async fn round(
     Ok(all)
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss,
-        reason = "an index into a list"
-    )]
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
-}
-
 fn median(mut values: Vec<Duration>) -> Duration {
     values.sort();
     values[values.len() / 2]
-}
-
-fn micros(d: Duration) -> String {
-    format!("{:.0} µs", d.as_secs_f64() * 1e6)
 }
 
 /// A proxy in front of `upstream`, with its quota state in `state_file` if given.
