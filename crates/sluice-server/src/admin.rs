@@ -36,7 +36,7 @@ const DASHBOARD_CSP: &str = "default-src 'none'; script-src 'self' 'unsafe-inlin
     form-action 'none'; frame-ancestors 'none'";
 
 /// Seconds of history in `/admin/v1/stats` series.
-pub const SERIES_LEN: usize = 120;
+pub(crate) const SERIES_LEN: usize = 120;
 
 /// Hot keys listed.
 const HOT_KEYS: usize = 20;
@@ -52,7 +52,7 @@ const ADMIN_RATE: &str = "20/s";
 /// series per rule of the serving configuration (so their number is bounded by it); a rule
 /// that a reload removes loses its series.
 #[derive(Debug, Default)]
-pub struct Series {
+pub(crate) struct Series {
     inner: Mutex<SeriesInner>,
 }
 
@@ -118,7 +118,7 @@ impl Rings {
 
 /// One limit's cumulative units, as [`Series::sample`] takes them.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LimitSample {
+pub(crate) struct LimitSample {
     /// The rule's id.
     pub id: String,
     /// Units it admitted, refused, and would have refused in shadow mode, so far.
@@ -129,7 +129,10 @@ pub struct LimitSample {
 
 /// Every limit the metrics have counted, from their per-rule totals
 /// (`[hits, over_limit, near_limit, shadow_over_limit]`), marked by whether `config` has it.
-pub fn limit_samples(config: &Config, rule_totals: &HashMap<String, [u64; 4]>) -> Vec<LimitSample> {
+pub(crate) fn limit_samples(
+    config: &Config,
+    rule_totals: &HashMap<String, [u64; 4]>,
+) -> Vec<LimitSample> {
     let configured: HashSet<&str> = config.rules().iter().map(|r| r.id.as_str()).collect();
     rule_totals
         .iter()
@@ -150,7 +153,12 @@ impl Series {
     /// limited, shadow]` of each domain, and of each limit) and the previous sample. Limits
     /// no longer `configured` lose their series (their last counts are kept, so that a rule
     /// a later reload brings back does not show its whole past as one second).
-    pub fn sample(&self, domains: &[(String, [u64; 3])], limits: &[LimitSample], now_ms: u64) {
+    pub(crate) fn sample(
+        &self,
+        domains: &[(String, [u64; 3])],
+        limits: &[LimitSample],
+        now_ms: u64,
+    ) {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         inner.end_ms = now_ms;
         for (domain, counts) in domains {
@@ -170,7 +178,7 @@ impl Series {
     }
 
     /// Samples `limiter`'s counters now.
-    pub fn sample_limiter<B: Backend>(&self, limiter: &Limiter<B>) {
+    pub(crate) fn sample_limiter<B: Backend>(&self, limiter: &Limiter<B>) {
         let metrics = limiter.metrics();
         let limits = limit_samples(&limiter.config(), &metrics.rule_totals());
         self.sample(&metrics.domain_totals(), &limits, limiter.wall_ms());
@@ -199,7 +207,7 @@ struct Admin<B> {
 }
 
 /// The admin routes and `/dashboard`, over `limiter`, enabled when `token` is set.
-pub fn router<B: Backend>(
+pub(crate) fn router<B: Backend>(
     limiter: Arc<Limiter<B>>,
     token: Option<&str>,
     series: Arc<Series>,

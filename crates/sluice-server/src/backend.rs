@@ -52,7 +52,7 @@ impl Backend for MemoryStore {
 }
 
 /// Redis guarded by a breaker, falling back to this process's memory.
-pub type RedisBackend = FallbackStore<RedisStore, MemoryStore>;
+pub(crate) type RedisBackend = FallbackStore<RedisStore, MemoryStore>;
 
 impl Backend for RedisBackend {
     fn kind(&self) -> &'static str {

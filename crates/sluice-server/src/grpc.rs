@@ -29,7 +29,7 @@ use crate::request::{CheckRequest, Descriptor, EntryRequest};
 
 /// The RLS service over a limiter.
 #[derive(Debug)]
-pub struct RlsService<B> {
+pub(crate) struct RlsService<B> {
     limiter: Arc<Limiter<B>>,
     ratelimit_headers: bool,
 }
@@ -37,7 +37,7 @@ pub struct RlsService<B> {
 impl<B: Backend> RlsService<B> {
     /// The service; with `ratelimit_headers`, each response asks Envoy to add the IETF
     /// `RateLimit-Policy` and `RateLimit` headers to the client's response.
-    pub fn new(limiter: Arc<Limiter<B>>, ratelimit_headers: bool) -> Self {
+    pub(crate) fn new(limiter: Arc<Limiter<B>>, ratelimit_headers: bool) -> Self {
         Self {
             limiter,
             ratelimit_headers,
@@ -45,7 +45,7 @@ impl<B: Backend> RlsService<B> {
     }
 
     /// As a tonic service.
-    pub fn into_server(self) -> RateLimitServiceServer<Self> {
+    pub(crate) fn into_server(self) -> RateLimitServiceServer<Self> {
         RateLimitServiceServer::new(self)
     }
 }

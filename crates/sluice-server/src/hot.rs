@@ -24,24 +24,24 @@ use std::time::Duration;
 use sluice_core::{Key, Nanos};
 
 /// Requests recorded per second, about, once the rate is above it.
-pub const BUDGET: u64 = 2048;
+pub(crate) const BUDGET: u64 = 2048;
 
 /// The sparsest sampling: one request in `2^MAX_SHIFT`.
-pub const MAX_SHIFT: u32 = 8;
+pub(crate) const MAX_SHIFT: u32 = 8;
 
 /// Keys tracked per generation.
-pub const CAPACITY: usize = 128;
+pub(crate) const CAPACITY: usize = 128;
 
 /// Longest key text kept, in bytes; longer keys are cut at a character boundary and end
 /// with `…`.
-pub const MAX_KEY_LEN: usize = 256;
+pub(crate) const MAX_KEY_LEN: usize = 256;
 
 /// Length of one generation: the top covers the current and the previous one.
-pub const WINDOW: Duration = Duration::from_secs(60);
+pub(crate) const WINDOW: Duration = Duration::from_secs(60);
 
 /// What one limit decided for one descriptor's key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Seen {
+pub(crate) enum Seen {
     /// Within the limit.
     Allowed,
     /// Refused by an enforcing limit.
@@ -52,7 +52,7 @@ pub enum Seen {
 
 impl Seen {
     /// The outcome of a decision that was `allowed` or not by a limit in `shadow` mode or not.
-    pub const fn of(allowed: bool, shadow: bool) -> Self {
+    pub(crate) const fn of(allowed: bool, shadow: bool) -> Self {
         match (allowed, shadow) {
             (true, _) => Self::Allowed,
             (false, false) => Self::Refused,
@@ -63,7 +63,7 @@ impl Seen {
 
 /// A key's recent traffic, estimated from samples.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HotKey {
+pub(crate) struct HotKey {
     /// The key's canonical text (cut to [`MAX_KEY_LEN`] bytes).
     pub key: String,
     /// Decisions on it over the last one to two windows (an estimate: sampled, and may
@@ -77,7 +77,7 @@ pub struct HotKey {
 
 /// How [`HotKeys::top`] ranks keys.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Rank {
+pub(crate) enum Rank {
     /// By decisions.
     Hits,
     /// By enforced refusals (keys never refused are left out).
@@ -162,7 +162,7 @@ thread_local! {
 
 /// The hot-key tracker of one limiter.
 #[derive(Debug)]
-pub struct HotKeys {
+pub(crate) struct HotKeys {
     /// Log2 of the sampling interval now.
     shift: AtomicU32,
     /// The request count at the last [`HotKeys::adapt`].
@@ -182,7 +182,7 @@ impl Default for HotKeys {
 impl HotKeys {
     /// A tracker keeping `capacity` keys per generation of `window`, recording every request
     /// until [`adapt`](Self::adapt) says otherwise.
-    pub fn new(capacity: usize, window: Duration) -> Self {
+    pub(crate) fn new(capacity: usize, window: Duration) -> Self {
         Self {
             shift: AtomicU32::new(0),
             adapted_at: AtomicU64::new(0),
@@ -196,7 +196,7 @@ impl HotKeys {
     /// Sets the sampling from the requests decided so far (a cumulative count), called
     /// about once a second: every request while the last interval had at most [`BUDGET`],
     /// else one in the power of two that brings it near [`BUDGET`].
-    pub fn adapt(&self, requests_so_far: u64) {
+    pub(crate) fn adapt(&self, requests_so_far: u64) {
         let previous = self.adapted_at.swap(requests_so_far, Ordering::Relaxed);
         let rate = requests_so_far.saturating_sub(previous);
         let shift = rate
@@ -210,7 +210,7 @@ impl HotKeys {
     /// Whether to record this request: the weight to record it with, if so. Pseudo-random in
     /// the thread's request count (a fixed mix, not the count itself), so that traffic
     /// cycling over a few keys is not always sampled on the same one.
-    pub fn sample(&self) -> Option<u64> {
+    pub(crate) fn sample(&self) -> Option<u64> {
         let shift = self.shift.load(Ordering::Relaxed);
         if shift == 0 {
             return Some(1);
@@ -226,7 +226,7 @@ impl HotKeys {
 
     /// Records the keys of one sampled request, each with what its limit decided, counting
     /// for `weight` requests (what [`sample`](Self::sample) said).
-    pub fn record<'k>(
+    pub(crate) fn record<'k>(
         &self,
         now: Nanos,
         weight: u64,
@@ -268,7 +268,7 @@ impl HotKeys {
 
     /// The `n` hottest keys over the current and the previous window at `now`, hottest (or
     /// most refused) first; ties by key text.
-    pub fn top(&self, n: usize, rank: Rank, now: Nanos) -> Vec<HotKey> {
+    pub(crate) fn top(&self, n: usize, rank: Rank, now: Nanos) -> Vec<HotKey> {
         let mut all: Vec<(u64, HotKey)> = Vec::new();
         {
             let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);

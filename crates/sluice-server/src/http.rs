@@ -25,16 +25,16 @@ use crate::limiter::{Code, LimitError, Limiter, Status};
 use crate::request::{CheckRequest, Descriptor, InvalidRequest};
 
 /// Largest request body accepted, in bytes.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// Longest wait a reservation may ask for.
 const MAX_WAIT_LIMIT: Duration = Duration::from_secs(3600);
 
 /// The OpenAPI 3.1 description of this API, served at `/openapi.json`.
-pub const OPENAPI: &str = include_str!("openapi.json");
+pub(crate) const OPENAPI: &str = include_str!("openapi.json");
 
 /// The router of the HTTP API over `limiter`.
-pub fn router<B: Backend>(limiter: Arc<Limiter<B>>) -> Router {
+pub(crate) fn router<B: Backend>(limiter: Arc<Limiter<B>>) -> Router {
     Router::new()
         .route("/v1/check", post(check::<B>))
         .route("/v1/reserve", post(reserve::<B>))

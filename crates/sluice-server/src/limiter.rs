@@ -25,7 +25,7 @@ use crate::overrides::{
     DescriptorRef, Override, OverrideRequest, OverrideSet, OverrideStore, OverrideStoreError,
 };
 use crate::request::{CheckRequest, InvalidRequest, validate};
-use crate::reservations::{Full, Reservations};
+use crate::reservations::{Reservations, ReservationsFull};
 
 /// Most reservations outstanding at once.
 const MAX_RESERVATIONS: usize = 100_000;
@@ -87,11 +87,11 @@ pub struct ReserveOutcome {
 
 /// What applies to a descriptor: its key, the rule (an override's, else the config's) and
 /// the override, if one is in force.
-pub type Applied = (Key, Option<Arc<Rule>>, Option<Override>);
+pub(crate) type Applied = (Key, Option<Arc<Rule>>, Option<Override>);
 
 /// Why an admin operation failed.
 #[derive(Debug, thiserror::Error)]
-pub enum AdminError {
+pub(crate) enum AdminError {
     /// The request was malformed.
     #[error(transparent)]
     Invalid(#[from] InvalidRequest),
@@ -124,7 +124,7 @@ pub enum LimitError {
     UnknownReservation,
     /// The reservation table is full.
     #[error(transparent)]
-    Full(#[from] Full),
+    Full(#[from] ReservationsFull),
 }
 
 /// The server's decision service over one store.
@@ -156,7 +156,7 @@ impl<B: std::fmt::Debug> std::fmt::Debug for Limiter<B> {
 
 /// The outcome of the last configuration load.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct ReloadStatus {
+pub(crate) struct ReloadStatus {
     /// Whether it was served.
     pub ok: bool,
     /// When (Unix ms).
@@ -242,32 +242,33 @@ impl<B: Backend> Limiter<B> {
 
     /// The same limiter keeping its overrides in `store`.
     #[must_use]
-    pub fn with_override_store(mut self, store: OverrideStore) -> Self {
+    pub(crate) fn with_override_store(mut self, store: OverrideStore) -> Self {
         self.override_store = store;
         self
     }
 
     /// The same limiter reading wall-clock time (override expiry) from `clock`: Unix
-    /// nanoseconds, e.g. a `ManualClock` in tests.
+    /// nanoseconds: a `ManualClock` in tests.
+    #[cfg(test)]
     #[must_use]
-    pub fn with_wall_clock(mut self, clock: impl Clock) -> Self {
+    pub(crate) fn with_wall_clock(mut self, clock: impl Clock) -> Self {
         self.wall = Arc::new(clock);
         self.started_ms = unix_ms(&*self.wall);
         self
     }
 
     /// Now, in Unix milliseconds.
-    pub fn wall_ms(&self) -> u64 {
+    pub(crate) fn wall_ms(&self) -> u64 {
         unix_ms(&*self.wall)
     }
 
     /// When the limiter was built, in Unix milliseconds.
-    pub fn started_ms(&self) -> u64 {
+    pub(crate) fn started_ms(&self) -> u64 {
         self.started_ms
     }
 
     /// The outcome of the last configuration load.
-    pub fn last_reload(&self) -> ReloadStatus {
+    pub(crate) fn last_reload(&self) -> ReloadStatus {
         self.last_reload
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -275,7 +276,7 @@ impl<B: Backend> Limiter<B> {
     }
 
     /// Records a failed reload (the previous configuration keeps serving).
-    pub fn reload_failed(&self, error: String) {
+    pub(crate) fn reload_failed(&self, error: String) {
         self.metrics.reload(Err(()));
         *self
             .last_reload
@@ -288,13 +289,13 @@ impl<B: Backend> Limiter<B> {
     }
 
     /// The overrides in force.
-    pub fn overrides(&self) -> Arc<OverrideSet> {
+    pub(crate) fn overrides(&self) -> Arc<OverrideSet> {
         self.overrides.load_full()
     }
 
     /// Reloads the overrides from their store if they changed there (another instance
     /// changed them); the server calls this about twice a second.
-    pub async fn sync_overrides(&self) -> Result<(), OverrideStoreError> {
+    pub(crate) async fn sync_overrides(&self) -> Result<(), OverrideStoreError> {
         let version = self.override_store.version().await?;
         if version != self.override_version.load(Ordering::Acquire) {
             let all = self.override_store.load().await?;
@@ -305,7 +306,10 @@ impl<B: Backend> Limiter<B> {
     }
 
     /// Sets an override (replacing one on the same descriptor) and applies it here at once.
-    pub async fn put_override(&self, request: OverrideRequest) -> Result<Override, AdminError> {
+    pub(crate) async fn put_override(
+        &self,
+        request: OverrideRequest,
+    ) -> Result<Override, AdminError> {
         let o = request.into_override(self.wall_ms())?;
         let key = o.key()?;
         self.override_store.put(&o, &key).await?;
@@ -315,7 +319,10 @@ impl<B: Backend> Limiter<B> {
     }
 
     /// Deletes the override of a descriptor; whether there was one.
-    pub async fn delete_override(&self, descriptor: &DescriptorRef) -> Result<bool, AdminError> {
+    pub(crate) async fn delete_override(
+        &self,
+        descriptor: &DescriptorRef,
+    ) -> Result<bool, AdminError> {
         let key = descriptor.key()?;
         let deleted = self.override_store.delete(&key).await?;
         self.sync_overrides().await?;
@@ -326,7 +333,7 @@ impl<B: Backend> Limiter<B> {
     }
 
     /// The rule a descriptor is held to now (an override, else the config's) and its key.
-    pub fn rule_for(&self, descriptor: &DescriptorRef) -> Result<Applied, AdminError> {
+    pub(crate) fn rule_for(&self, descriptor: &DescriptorRef) -> Result<Applied, AdminError> {
         let key = descriptor.key()?;
         let config = self.config.load();
         let pairs = descriptor.entries.iter().map(|e| (&*e.key, &*e.value));
@@ -340,7 +347,11 @@ impl<B: Backend> Limiter<B> {
 
     /// The current state of a descriptor's limit (nothing debited), if a limited rule
     /// applies to it.
-    pub async fn peek(&self, key: &Key, rule: &Rule) -> Result<Option<Decision>, LimitError> {
+    pub(crate) async fn peek(
+        &self,
+        key: &Key,
+        rule: &Rule,
+    ) -> Result<Option<Decision>, LimitError> {
         let Some(policy) = rule.policy.as_ref() else {
             return Ok(None);
         };
@@ -350,7 +361,10 @@ impl<B: Backend> Limiter<B> {
 
     /// Forgets a descriptor's counters under the rule that applies to it now; the rule's
     /// id, or `None` when no limited rule applies.
-    pub async fn reset(&self, descriptor: &DescriptorRef) -> Result<Option<String>, AdminError> {
+    pub(crate) async fn reset(
+        &self,
+        descriptor: &DescriptorRef,
+    ) -> Result<Option<String>, AdminError> {
         let (key, rule, _) = self.rule_for(descriptor)?;
         let Some(rule) = rule.filter(|r| r.policy.is_some()) else {
             return Ok(None);
@@ -364,18 +378,18 @@ impl<B: Backend> Limiter<B> {
     }
 
     /// The configuration serving now.
-    pub fn config(&self) -> Arc<Config> {
+    pub(crate) fn config(&self) -> Arc<Config> {
         self.config.load_full()
     }
 
     /// The version of the configuration serving now (1 at start, +1 per replacement).
-    pub fn version(&self) -> u64 {
+    pub(crate) fn version(&self) -> u64 {
         self.version.load(Ordering::Acquire)
     }
 
     /// Serves `config` from now on, atomically: a request sees the old or the new one,
     /// never a mix. Returns the new version.
-    pub fn replace_config(&self, config: Config) -> u64 {
+    pub(crate) fn replace_config(&self, config: Config) -> u64 {
         self.config.store(Arc::new(config));
         let version = self.version.fetch_add(1, Ordering::AcqRel) + 1;
         self.metrics.reload(Ok(version));
@@ -391,29 +405,29 @@ impl<B: Backend> Limiter<B> {
     }
 
     /// The store.
-    pub fn backend(&self) -> &B {
+    pub(crate) fn backend(&self) -> &B {
         &self.backend
     }
 
     /// The counters.
-    pub fn metrics(&self) -> &Metrics {
+    pub(crate) fn metrics(&self) -> &Metrics {
         &self.metrics
     }
 
     /// The `n` keys this process decided most often (or refused most often, by an enforcing
     /// limit) over the last one to two minutes, from a sample of the requests.
-    pub fn hot_keys(&self, n: usize, rank: Rank) -> Vec<HotKey> {
+    pub(crate) fn hot_keys(&self, n: usize, rank: Rank) -> Vec<HotKey> {
         self.hot.top(n, rank, self.clock.now())
     }
 
     /// Adapts the hot keys' sampling to the request rate since the last call; the server
     /// calls this once a second.
-    pub fn adapt_hot_keys(&self) {
+    pub(crate) fn adapt_hot_keys(&self) {
         self.hot.adapt(self.metrics.requests());
     }
 
     /// The `/metrics` text.
-    pub fn render_metrics(&self) -> String {
+    pub(crate) fn render_metrics(&self) -> String {
         self.metrics
             .render(self.backend.kind(), &self.backend.health())
     }
@@ -548,11 +562,6 @@ impl<B: Backend> Limiter<B> {
     pub async fn cancel(&self, id: &str) -> Result<(), LimitError> {
         let reservation = self.take_reservation(id)?;
         self.store(self.backend.cancel(&reservation).await)
-    }
-
-    /// Reservations outstanding.
-    pub fn outstanding_reservations(&self) -> usize {
-        self.reservations.len()
     }
 
     fn take_reservation(&self, id: &str) -> Result<Reservation, LimitError> {
@@ -706,4 +715,77 @@ fn by_cost<'l, 'a>(
         groups.entry(costs[*i]).or_default().push((*i, *limit));
     }
     groups.into_values().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use sluice_core::{ManualClock, Nanos};
+    use sluice_store::MemoryStore;
+
+    use super::*;
+    use crate::request::{Descriptor, EntryRequest};
+
+    const CONFIG: &str = "
+domain: api
+descriptors:
+  - key: user
+    rate_limit: {unit: hour, requests_per_unit: 3, algorithm: gcra}
+";
+
+    fn user(id: &str) -> Vec<EntryRequest> {
+        vec![EntryRequest {
+            key: "user".into(),
+            value: id.to_owned().into(),
+        }]
+    }
+
+    /// The wall clock is the limiter's own (the admin API's tests cannot move it).
+    #[tokio::test]
+    async fn an_override_expires_at_its_ttl_on_the_wall_clock() {
+        let wall = ManualClock::new(Nanos::new(1_790_000_000_000_000_000));
+        let limiter = Limiter::new(
+            Config::parse(CONFIG, "test.yaml").expect("valid"),
+            MemoryStore::new(),
+        )
+        .with_override_store(OverrideStore::local(None).expect("a store"))
+        .with_wall_clock(wall.clone());
+        let request: OverrideRequest = serde_json::from_value(json!({
+            "domain": "api",
+            "entries": [{"key": "user", "value": "t"}],
+            "action": "blocked",
+            "ttl_s": 60,
+        }))
+        .expect("valid");
+        let stored = limiter.put_override(request).await.expect("stored");
+        assert_eq!(stored.expires_at_unix_ms, Some(1_790_000_000_000 + 60_000));
+        let check = || CheckRequest {
+            domain: "api".into(),
+            descriptors: vec![Descriptor {
+                entries: user("t"),
+                hits: None,
+            }],
+            hits: None,
+        };
+        assert_eq!(
+            limiter.check(check()).await.expect("decided").code,
+            Code::OverLimit
+        );
+        wall.advance(Duration::from_millis(59_999));
+        assert_eq!(
+            limiter.check(check()).await.expect("decided").code,
+            Code::OverLimit
+        );
+        wall.advance(Duration::from_millis(1));
+        assert_eq!(
+            limiter.check(check()).await.expect("decided").code,
+            Code::Ok
+        );
+        assert!(limiter.overrides().list(limiter.wall_ms()).is_empty());
+        let gone = DescriptorRef {
+            domain: "api".to_owned(),
+            entries: user("t"),
+        };
+        assert!(limiter.rule_for(&gone).expect("valid").2.is_none());
+    }
 }

@@ -17,7 +17,7 @@ use sluice_http::prometheus::{MetricType, TextWriter};
 use crate::backend::BackendHealth;
 
 /// The label value of requests for a domain the configuration does not have.
-pub const UNKNOWN_DOMAIN: &str = "_unknown";
+pub(crate) const UNKNOWN_DOMAIN: &str = "_unknown";
 
 /// Upper bounds of the decision latency histogram, in seconds.
 const LATENCY_BUCKETS: [f64; 12] = [
@@ -30,7 +30,7 @@ const NEAR_LIMIT_RATIO: f64 = 0.8;
 
 /// Outcome of one request for the per-domain counters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RequestResult {
+pub(crate) enum RequestResult {
     /// Every limit admitted it.
     Allowed,
     /// At least one enforcing limit refused it.
@@ -41,7 +41,7 @@ pub enum RequestResult {
 
 /// Outcome of one descriptor for its rule's counters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RuleHit {
+pub(crate) struct RuleHit {
     /// Units asked for.
     pub hits: u64,
     /// The limit's capacity.
@@ -90,7 +90,7 @@ impl Histogram {
 
 /// Every counter the server exports.
 #[derive(Debug, Default)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     domains: RwLock<HashMap<String, Arc<DomainCounters>>>,
     rules: RwLock<HashMap<String, Arc<RuleCounters>>>,
     latency: Histogram,
@@ -103,7 +103,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// Counts one request of `domain` (a configured domain, or [`UNKNOWN_DOMAIN`]).
-    pub fn request(&self, domain: &str, result: RequestResult, elapsed: Duration) {
+    pub(crate) fn request(&self, domain: &str, result: RequestResult, elapsed: Duration) {
         let counters = get_or_insert(&self.domains, domain);
         let counter = match result {
             RequestResult::Allowed => &counters.allowed,
@@ -115,7 +115,7 @@ impl Metrics {
     }
 
     /// Counts one descriptor decided under the rule `rule_id`.
-    pub fn rule(&self, rule_id: &str, hit: RuleHit) {
+    pub(crate) fn rule(&self, rule_id: &str, hit: RuleHit) {
         let counters = get_or_insert(&self.rules, rule_id);
         counters.total_hits.fetch_add(hit.hits, Ordering::Relaxed);
         if hit.refused {
@@ -131,17 +131,17 @@ impl Metrics {
     }
 
     /// Counts a request refused as malformed.
-    pub fn bad_request(&self) {
+    pub(crate) fn bad_request(&self) {
         self.bad_requests.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a decision the store failed to make.
-    pub fn store_error(&self) {
+    pub(crate) fn store_error(&self) {
         self.store_errors.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a configuration reload and, when it succeeded, the version now serving.
-    pub fn reload(&self, result: Result<u64, ()>) {
+    pub(crate) fn reload(&self, result: Result<u64, ()>) {
         match result {
             Ok(version) => {
                 self.reloads_ok.fetch_add(1, Ordering::Relaxed);
@@ -154,7 +154,7 @@ impl Metrics {
     }
 
     /// Requests so far per domain: `[allowed, limited, shadow]`, sorted by domain.
-    pub fn domain_totals(&self) -> Vec<(String, [u64; 3])> {
+    pub(crate) fn domain_totals(&self) -> Vec<(String, [u64; 3])> {
         let domains = read(&self.domains);
         let mut totals: Vec<(String, [u64; 3])> = domains
             .iter()
@@ -171,7 +171,7 @@ impl Metrics {
     }
 
     /// Requests decided so far, in every domain.
-    pub fn requests(&self) -> u64 {
+    pub(crate) fn requests(&self) -> u64 {
         read(&self.domains)
             .values()
             .map(|c| {
@@ -182,7 +182,7 @@ impl Metrics {
     }
 
     /// Units so far per rule id: `[hits, over_limit, near_limit, shadow_over_limit]`.
-    pub fn rule_totals(&self) -> HashMap<String, [u64; 4]> {
+    pub(crate) fn rule_totals(&self) -> HashMap<String, [u64; 4]> {
         read(&self.rules)
             .iter()
             .map(|(id, c)| {
@@ -200,13 +200,8 @@ impl Metrics {
             .collect()
     }
 
-    /// Failed reloads so far.
-    pub fn failed_reloads(&self) -> u64 {
-        self.reloads_failed.load(Ordering::Relaxed)
-    }
-
     /// The Prometheus text exposition (format 0.0.4) of every counter, plus the store's.
-    pub fn render(&self, store_kind: &str, store: &BackendHealth) -> String {
+    pub(crate) fn render(&self, store_kind: &str, store: &BackendHealth) -> String {
         let mut out = TextWriter::with_capacity(4096);
         self.render_domains(&mut out);
         self.render_rules(&mut out);

@@ -22,7 +22,7 @@ use crate::config::{Rule, Unit};
 use crate::request::{EntryRequest, InvalidRequest};
 
 /// Most overrides held at once.
-pub const MAX_OVERRIDES: usize = 10_000;
+pub(crate) const MAX_OVERRIDES: usize = 10_000;
 /// Longest reason kept, in bytes.
 const MAX_REASON: usize = 512;
 /// Longest time-to-live: ten years.
@@ -31,7 +31,7 @@ const MAX_TTL_S: u64 = 10 * 365 * 24 * 3600;
 /// What an override does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Action {
+pub(crate) enum Action {
     /// Apply `rate_limit` instead of the configured limit.
     Limit,
     /// No limit at all.
@@ -43,7 +43,7 @@ pub enum Action {
 /// The limit of an `Action::Limit` override, in the configuration's terms.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct OverrideRate {
+pub(crate) struct OverrideRate {
     /// `second`, `minute`, `hour`, `day`, ...
     pub unit: String,
     /// Requests per unit, at least 1.
@@ -55,7 +55,7 @@ pub struct OverrideRate {
 
 /// One override as stored and listed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Override {
+pub(crate) struct Override {
     /// The domain.
     pub domain: String,
     /// The descriptor's entries, in order.
@@ -76,7 +76,7 @@ pub struct Override {
 /// `PUT /admin/v1/overrides`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct OverrideRequest {
+pub(crate) struct OverrideRequest {
     /// The domain.
     pub domain: String,
     /// The descriptor's entries.
@@ -97,7 +97,7 @@ pub struct OverrideRequest {
 /// A descriptor named by its domain and entries (`DELETE`, reset, lookup).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DescriptorRef {
+pub(crate) struct DescriptorRef {
     /// The domain.
     pub domain: String,
     /// The entries.
@@ -106,13 +106,16 @@ pub struct DescriptorRef {
 
 impl DescriptorRef {
     /// The canonical key of the descriptor.
-    pub fn key(&self) -> Result<Key, InvalidRequest> {
+    pub(crate) fn key(&self) -> Result<Key, InvalidRequest> {
         descriptor_key(&self.domain, &self.entries)
     }
 }
 
 /// The key a descriptor's state and override are filed under.
-pub fn descriptor_key(domain: &str, entries: &[EntryRequest]) -> Result<Key, InvalidRequest> {
+pub(crate) fn descriptor_key(
+    domain: &str,
+    entries: &[EntryRequest],
+) -> Result<Key, InvalidRequest> {
     if domain.is_empty() {
         return Err(InvalidRequest::new("domain", "must not be empty"));
     }
@@ -128,7 +131,7 @@ pub fn descriptor_key(domain: &str, entries: &[EntryRequest]) -> Result<Key, Inv
 
 impl OverrideRequest {
     /// Validates the request into an override set at `now_ms`.
-    pub fn into_override(self, now_ms: u64) -> Result<Override, InvalidRequest> {
+    pub(crate) fn into_override(self, now_ms: u64) -> Result<Override, InvalidRequest> {
         descriptor_key(&self.domain, &self.entries)?;
         match (self.action, &self.rate_limit) {
             (Action::Limit, None) => {
@@ -180,17 +183,17 @@ impl OverrideRequest {
 
 impl Override {
     /// The canonical key it applies to.
-    pub fn key(&self) -> Result<Key, InvalidRequest> {
+    pub(crate) fn key(&self) -> Result<Key, InvalidRequest> {
         descriptor_key(&self.domain, &self.entries)
     }
 
     /// Whether it still applies at `now_ms`.
-    pub fn active_at(&self, now_ms: u64) -> bool {
+    pub(crate) fn active_at(&self, now_ms: u64) -> bool {
         self.expires_at_unix_ms.is_none_or(|at| now_ms < at)
     }
 
     /// The rule it stands for.
-    pub fn rule(&self) -> Result<Rule, InvalidRequest> {
+    pub(crate) fn rule(&self) -> Result<Rule, InvalidRequest> {
         let mut rule = Rule {
             id: format!("{}.override", self.domain),
             name: Some("override".to_owned()),
@@ -231,14 +234,14 @@ impl Override {
 
 /// The overrides in force, by canonical key. Immutable; a change builds a new set.
 #[derive(Clone, Debug, Default)]
-pub struct OverrideSet {
+pub(crate) struct OverrideSet {
     by_key: HashMap<String, (Override, Arc<Rule>)>,
 }
 
 impl OverrideSet {
     /// The set of `overrides` (invalid ones, which a newer version may have written, are
     /// skipped with a warning).
-    pub fn new(overrides: Vec<Override>) -> Self {
+    pub(crate) fn new(overrides: Vec<Override>) -> Self {
         let mut by_key = HashMap::with_capacity(overrides.len());
         for o in overrides {
             match (o.key(), o.rule()) {
@@ -254,23 +257,18 @@ impl OverrideSet {
     }
 
     /// Whether there are none (the fast path of every decision).
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.by_key.is_empty()
     }
 
-    /// How many.
-    pub fn len(&self) -> usize {
-        self.by_key.len()
-    }
-
     /// The override for `key` in force at `now_ms`.
-    pub fn get(&self, key: &str, now_ms: u64) -> Option<(&Override, &Arc<Rule>)> {
+    pub(crate) fn get(&self, key: &str, now_ms: u64) -> Option<(&Override, &Arc<Rule>)> {
         let (o, rule) = self.by_key.get(key)?;
         o.active_at(now_ms).then_some((o, rule))
     }
 
     /// Every override in force at `now_ms`, sorted by key.
-    pub fn list(&self, now_ms: u64) -> Vec<&Override> {
+    pub(crate) fn list(&self, now_ms: u64) -> Vec<&Override> {
         let mut keys: Vec<&String> = self.by_key.keys().collect();
         keys.sort();
         keys.into_iter()
@@ -305,7 +303,7 @@ pub enum OverrideStoreError {
 
 /// Where overrides are kept.
 #[derive(Clone)]
-pub enum OverrideStore {
+pub(crate) enum OverrideStore {
     /// In this process, optionally persisted to a JSON file.
     Local {
         /// The file, if any.
@@ -331,7 +329,7 @@ impl std::fmt::Debug for OverrideStore {
 
 /// A Redis connection for overrides (single node or cluster).
 #[derive(Clone)]
-pub enum RedisOverrides {
+pub(crate) enum RedisOverrides {
     /// One node.
     Single(redis::aio::ConnectionManager),
     /// A cluster: both keys share the hash tag `{sluice-overrides}`.
@@ -352,7 +350,7 @@ const VERSION_KEY: &str = "sl:{sluice-overrides}:version";
 
 impl RedisOverrides {
     /// Connects to `urls` (several: a cluster).
-    pub async fn connect(urls: &[String], cluster: bool) -> Result<Self, redis::RedisError> {
+    pub(crate) async fn connect(urls: &[String], cluster: bool) -> Result<Self, redis::RedisError> {
         if cluster {
             let client = redis::cluster::ClusterClient::new(urls.to_vec())?;
             Ok(Self::Cluster(client.get_async_connection().await?))
@@ -397,7 +395,7 @@ impl RedisOverrides {
 
 impl OverrideStore {
     /// Overrides in this process, persisted to `file` if given (loaded from it now).
-    pub fn local(file: Option<PathBuf>) -> Result<Self, OverrideStoreError> {
+    pub(crate) fn local(file: Option<PathBuf>) -> Result<Self, OverrideStoreError> {
         let overrides = match &file {
             Some(path) if path.exists() => {
                 let bytes = std::fs::read(path).map_err(|source| OverrideStoreError::File {
@@ -415,7 +413,7 @@ impl OverrideStore {
     }
 
     /// A number that changes whenever the overrides do.
-    pub async fn version(&self) -> Result<u64, OverrideStoreError> {
+    pub(crate) async fn version(&self) -> Result<u64, OverrideStoreError> {
         match self {
             Self::Local { state, .. } => Ok(lock(state).0),
             Self::Redis(redis) => Ok(redis.version().await?),
@@ -423,7 +421,7 @@ impl OverrideStore {
     }
 
     /// Every stored override (expired ones included).
-    pub async fn load(&self) -> Result<Vec<Override>, OverrideStoreError> {
+    pub(crate) async fn load(&self) -> Result<Vec<Override>, OverrideStoreError> {
         match self {
             Self::Local { state, .. } => Ok(lock(state).1.clone()),
             Self::Redis(redis) => {
@@ -442,7 +440,7 @@ impl OverrideStore {
     }
 
     /// Stores `o`, replacing any override of the same descriptor.
-    pub async fn put(&self, o: &Override, key: &Key) -> Result<(), OverrideStoreError> {
+    pub(crate) async fn put(&self, o: &Override, key: &Key) -> Result<(), OverrideStoreError> {
         match self {
             Self::Local { file, state } => {
                 let snapshot = {
@@ -475,7 +473,7 @@ impl OverrideStore {
     }
 
     /// Removes the override of `key`; whether there was one.
-    pub async fn delete(&self, key: &Key) -> Result<bool, OverrideStoreError> {
+    pub(crate) async fn delete(&self, key: &Key) -> Result<bool, OverrideStoreError> {
         match self {
             Self::Local { file, state } => {
                 let (removed, snapshot) = {

@@ -26,7 +26,7 @@ const DEBOUNCE: Duration = Duration::from_millis(200);
 
 /// A running watcher; dropping it stops watching.
 #[derive(Debug)]
-pub struct ReloadHandle {
+pub(crate) struct ReloadHandle {
     _watcher: RecommendedWatcher,
     task: tokio::task::JoinHandle<()>,
 }
@@ -39,7 +39,7 @@ impl Drop for ReloadHandle {
 
 /// Watches `path` (a config file or directory) and reloads `limiter`'s configuration when
 /// it changes. On Unix, SIGHUP forces a reload too.
-pub fn watch<B: Backend>(
+pub(crate) fn watch<B: Backend>(
     limiter: Arc<Limiter<B>>,
     path: PathBuf,
 ) -> Result<ReloadHandle, notify::Error> {
@@ -84,7 +84,7 @@ pub fn watch<B: Backend>(
 }
 
 /// Loads `path` and serves it if it is valid; logs and counts the outcome.
-pub fn reload<B: Backend>(limiter: &Limiter<B>, path: &Path) {
+pub(crate) fn reload<B: Backend>(limiter: &Limiter<B>, path: &Path) {
     match Config::load(path) {
         Ok(config) => {
             if config.store != limiter.config().store {

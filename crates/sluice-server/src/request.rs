@@ -8,11 +8,11 @@
 use sluice_http::check;
 
 /// Most descriptors in one request.
-pub const MAX_DESCRIPTORS: usize = 64;
+pub(crate) const MAX_DESCRIPTORS: usize = 64;
 /// Most entries in one descriptor (the longest key sluice builds).
-pub const MAX_ENTRIES: usize = sluice_core::key::MAX_ENTRIES;
+pub(crate) const MAX_ENTRIES: usize = sluice_core::key::MAX_ENTRIES;
 /// Largest number of hits one request may add (keeps every sum far from overflow).
-pub const MAX_HITS: u64 = 1 << 40;
+pub(crate) const MAX_HITS: u64 = 1 << 40;
 
 /// "May these descriptors of `domain` pass, at `hits` units each?", with owned text.
 pub type CheckRequest = check::CheckRequest<'static>;
@@ -44,7 +44,7 @@ impl InvalidRequest {
 }
 
 /// Checks every bound of `request`; the first violation is returned.
-pub fn validate(request: &CheckRequest) -> Result<(), InvalidRequest> {
+pub(crate) fn validate(request: &CheckRequest) -> Result<(), InvalidRequest> {
     if request.domain.is_empty() {
         return Err(InvalidRequest::new("domain", "must not be empty"));
     }

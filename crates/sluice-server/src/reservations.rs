@@ -23,11 +23,11 @@ const SWEEP_EVERY: u32 = 1024;
 /// The table was full of live reservations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("too many outstanding reservations (at most {0}); settle or cancel some first")]
-pub struct Full(pub usize);
+pub struct ReservationsFull(pub usize);
 
 /// Outstanding reservations by id.
 #[derive(Debug)]
-pub struct Reservations {
+pub(crate) struct Reservations {
     table: Mutex<Table>,
     capacity: usize,
     counter: AtomicU64,
@@ -49,7 +49,7 @@ struct Held {
 
 impl Reservations {
     /// An empty table holding at most `capacity` reservations.
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         Self {
             table: Mutex::default(),
             capacity,
@@ -60,12 +60,12 @@ impl Reservations {
     }
 
     /// Keeps `reservation` until `now + ttl`, and returns its id.
-    pub fn insert(
+    pub(crate) fn insert(
         &self,
         reservation: Reservation,
         now: Nanos,
         ttl: Duration,
-    ) -> Result<String, Full> {
+    ) -> Result<String, ReservationsFull> {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let id = (u128::from(self.high.hash_one(n)) << 64) | u128::from(self.low.hash_one(n));
         let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
@@ -75,7 +75,7 @@ impl Reservations {
             table.inserts_since_sweep = 0;
         }
         if table.held.len() >= self.capacity {
-            return Err(Full(self.capacity));
+            return Err(ReservationsFull(self.capacity));
         }
         let expires_at = now.plus_nanos(duration_nanos(ttl));
         table.held.insert(
@@ -89,7 +89,7 @@ impl Reservations {
     }
 
     /// Takes the reservation `id` out of the table, if it is there and not expired.
-    pub fn take(&self, id: &str, now: Nanos) -> Option<Reservation> {
+    pub(crate) fn take(&self, id: &str, now: Nanos) -> Option<Reservation> {
         if id.len() != 32 {
             return None;
         }
@@ -97,20 +97,6 @@ impl Reservations {
         let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
         let held = table.held.remove(&id)?;
         (held.expires_at > now).then_some(held.reservation)
-    }
-
-    /// How many reservations are held.
-    pub fn len(&self) -> usize {
-        self.table
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .held
-            .len()
-    }
-
-    /// Whether none is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -131,6 +117,16 @@ mod tests {
 
     const SEC: Duration = Duration::from_secs(1);
 
+    /// How many reservations `table` holds.
+    fn held(table: &Reservations) -> usize {
+        table
+            .table
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .held
+            .len()
+    }
+
     #[test]
     fn an_id_is_taken_once() {
         let table = Reservations::new(4);
@@ -149,7 +145,7 @@ mod tests {
         for bad in ["", "xyz", "0", &"g".repeat(32), &format!("{a}0")] {
             assert!(table.take(bad, Nanos::new(0)).is_none(), "{bad}");
         }
-        assert_eq!(table.len(), 2);
+        assert_eq!(held(&table), 2);
     }
 
     #[test]
@@ -160,10 +156,10 @@ mod tests {
         let later = Nanos::new(2_000_000_000);
         assert_eq!(
             table.insert(reservation(), Nanos::new(10), SEC),
-            Err(Full(2))
+            Err(ReservationsFull(2))
         );
         table.insert(reservation(), later, SEC).unwrap();
-        assert_eq!(table.len(), 1);
+        assert_eq!(held(&table), 1);
         assert!(table.take(&a, later).is_none());
     }
 }

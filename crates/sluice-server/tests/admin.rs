@@ -1,17 +1,9 @@
 //! The admin API: authentication, overrides (also across instances sharing Redis, across a
-//! restart, and until their expiry), resets, lookups and live statistics.
+//! restart, and how their expiry is shown), resets, lookups and live statistics.
 
 mod support;
 
-use std::time::Duration;
-
 use serde_json::{Value, json};
-use sluice_core::{ManualClock, Nanos};
-use sluice_server::config::Config;
-use sluice_server::overrides::{DescriptorRef, OverrideRequest, OverrideStore};
-use sluice_server::request::{CheckRequest, EntryRequest};
-use sluice_server::{Code, Limiter};
-use sluice_store::MemoryStore;
 use support::{ADMIN_TOKEN, TestServer, check_body};
 
 const CONFIG: &str = "
@@ -517,53 +509,4 @@ async fn an_override_set_on_one_instance_applies_on_another_sharing_redis() {
     assert_eq!(overall(&b, "shared").await, "OK");
     a.stop().await;
     b.stop().await;
-}
-
-#[tokio::test]
-async fn an_override_expires_at_its_ttl_on_the_wall_clock() {
-    let wall = ManualClock::new(Nanos::new(1_790_000_000_000_000_000));
-    let limiter = Limiter::new(
-        Config::parse(CONFIG, "test.yaml").expect("valid"),
-        MemoryStore::new(),
-    )
-    .with_override_store(OverrideStore::local(None).expect("a store"))
-    .with_wall_clock(wall.clone());
-    let request: OverrideRequest =
-        serde_json::from_value(override_for("t", "blocked", json!({"ttl_s": 60}))).expect("valid");
-    let stored = limiter.put_override(request).await.expect("stored");
-    assert_eq!(stored.expires_at_unix_ms, Some(1_790_000_000_000 + 60_000));
-    let check = || CheckRequest {
-        domain: "api".into(),
-        descriptors: vec![sluice_server::request::Descriptor {
-            entries: vec![EntryRequest {
-                key: "user".into(),
-                value: "t".into(),
-            }],
-            hits: None,
-        }],
-        hits: None,
-    };
-    assert_eq!(
-        limiter.check(check()).await.expect("decided").code,
-        Code::OverLimit
-    );
-    wall.advance(Duration::from_millis(59_999));
-    assert_eq!(
-        limiter.check(check()).await.expect("decided").code,
-        Code::OverLimit
-    );
-    wall.advance(Duration::from_millis(1));
-    assert_eq!(
-        limiter.check(check()).await.expect("decided").code,
-        Code::Ok
-    );
-    assert!(limiter.overrides().list(limiter.wall_ms()).is_empty());
-    let gone = DescriptorRef {
-        domain: "api".to_owned(),
-        entries: vec![EntryRequest {
-            key: "user".into(),
-            value: "t".into(),
-        }],
-    };
-    assert!(limiter.rule_for(&gone).expect("valid").2.is_none());
 }

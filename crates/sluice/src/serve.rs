@@ -2,8 +2,7 @@
 
 use anyhow::Context as _;
 use sluice_server::config::{Config, StoreConfig};
-use sluice_server::server::redact;
-use sluice_server::{ServeOptions, load_config};
+use sluice_server::{ServeOptions, load_config, redact};
 use tokio::net::TcpListener;
 
 use crate::cli::ServeArgs;

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use sluice_egress::proxy::ProxyConfig;
 use sluice_egress::{Egress, TokioClock};
 use sluice_redis::RedisStore;
-use sluice_server::server::redact;
+use sluice_server::redact;
 use sluice_store::Store;
 use tokio::net::TcpListener;
 
