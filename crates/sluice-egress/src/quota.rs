@@ -42,6 +42,7 @@
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize, Serializer};
 use sluice_core::Nanos;
@@ -400,6 +401,10 @@ pub enum QuotaEvent {
     Resumed {
         /// Which dimension.
         dimension: Dimension,
+        /// How long it was paused or exhausted: from the first event that said so to now
+        /// (or to the reset, when the window ended).
+        #[serde(rename = "paused_for_ms", serialize_with = "serialize_millis")]
+        paused_for: Duration,
     },
     /// Nothing remains: every call waits until `until`.
     Exhausted {
@@ -422,7 +427,7 @@ impl QuotaEvent {
         match *self {
             Self::Alert { dimension, .. }
             | Self::Paused { dimension, .. }
-            | Self::Resumed { dimension }
+            | Self::Resumed { dimension, .. }
             | Self::Exhausted { dimension, .. }
             | Self::Reset { dimension } => dimension,
         }
@@ -474,9 +479,19 @@ impl QuotaEvent {
                     "quota paused for low-priority work: {dimension} at {percent:.1} %"
                 );
             }
-            Self::Resumed { dimension } => {
+            Self::Resumed {
+                dimension,
+                paused_for,
+            } => {
                 let dimension = dimension.name();
-                tracing::info!(upstream, dimension, "quota resumed: {dimension}");
+                let paused_for_ms = u64::try_from(paused_for.as_millis()).unwrap_or(u64::MAX);
+                tracing::info!(
+                    upstream,
+                    dimension,
+                    paused_for_ms,
+                    "quota resumed: {dimension}, after {:.1} s",
+                    paused_for.as_secs_f64()
+                );
             }
             Self::Exhausted { dimension, until } => {
                 let dimension = dimension.name();
@@ -547,6 +562,8 @@ struct Window {
     alerted: u8,
     paused_reported: bool,
     exhausted_reported: bool,
+    /// When it was first reported paused or exhausted, while it is.
+    stopped_at: Option<u64>,
 }
 
 impl Window {
@@ -618,8 +635,10 @@ impl Track {
             });
         }
         if stopped {
+            let since = window.stopped_at.unwrap_or(window.end);
             events.push(QuotaEvent::Resumed {
                 dimension: self.dimension,
+                paused_for: Duration::from_nanos(window.end.saturating_sub(since)),
             });
         }
     }
@@ -981,8 +1000,16 @@ impl QuotaMonitor {
                 });
             }
             let was_stopped = window.paused_reported || window.exhausted_reported;
-            if was_stopped && !paused && !view.exhausted {
-                events.push(QuotaEvent::Resumed { dimension });
+            let stopped = paused || view.exhausted;
+            if stopped && !was_stopped {
+                window.stopped_at = Some(now.as_u64());
+            }
+            if was_stopped && !stopped {
+                let since = window.stopped_at.take().unwrap_or(now.as_u64());
+                events.push(QuotaEvent::Resumed {
+                    dimension,
+                    paused_for: Duration::from_nanos(now.as_u64().saturating_sub(since)),
+                });
             }
             window.paused_reported = paused;
             window.exhausted_reported = view.exhausted;
@@ -1003,6 +1030,10 @@ fn reaches(used: u64, limit: u64, level: u8) -> bool {
 /// The start of `now`'s UTC day, in nanoseconds since the Unix epoch.
 fn day_start(now: Nanos) -> u64 {
     now.as_u64() / DAY_NANOS * DAY_NANOS
+}
+
+fn serialize_millis<S: Serializer>(d: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn serialize_nanos<S: Serializer>(at: &Nanos, serializer: S) -> Result<S::Ok, S::Error> {
@@ -1343,7 +1374,10 @@ mod tests {
             m.record_sent(1, 0, at(60)),
             [
                 QuotaEvent::Reset { dimension: RPM },
-                QuotaEvent::Resumed { dimension: RPM }
+                QuotaEvent::Resumed {
+                    dimension: RPM,
+                    paused_for: Duration::from_secs(59)
+                }
             ]
         );
     }
@@ -1354,7 +1388,10 @@ mod tests {
         m.record_sent(85, 0, at(0));
         assert_eq!(
             m.observe(&requests(Some(100), Some(50), Some(30)), at(1)),
-            [QuotaEvent::Resumed { dimension: RPM }]
+            [QuotaEvent::Resumed {
+                dimension: RPM,
+                paused_for: Duration::from_secs(1)
+            }]
         );
         assert_eq!(m.admit(Priority::BATCH, at(1)), Admission::Go);
     }
@@ -1399,7 +1436,10 @@ mod tests {
             m.observe(&requests(Some(60), Some(59), Some(1)), at(21)),
             [
                 QuotaEvent::Reset { dimension: RPM },
-                QuotaEvent::Resumed { dimension: RPM }
+                QuotaEvent::Resumed {
+                    dimension: RPM,
+                    paused_for: Duration::from_secs(20)
+                }
             ]
         );
 
@@ -1508,7 +1548,10 @@ mod tests {
             m.record_sent(1, 0, midnight),
             [
                 QuotaEvent::Reset { dimension: rpd },
-                QuotaEvent::Resumed { dimension: rpd }
+                QuotaEvent::Resumed {
+                    dimension: rpd,
+                    paused_for: Duration::from_secs(60)
+                }
             ]
         );
     }
