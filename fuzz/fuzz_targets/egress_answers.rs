@@ -19,11 +19,17 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let code = (u16::from_le_bytes([data[0], data[1]]) % 1000).max(100);
-    let now = Nanos::new(u64::from_le_bytes(data[2..10].try_into().unwrap_or_default()));
+    let now = Nanos::new(u64::from_le_bytes(
+        data[2..10].try_into().unwrap_or_default(),
+    ));
     let body = &data[10..];
     let status = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
     let outcome = classify_status(status, Some(body));
-    assert_eq!(matches!(outcome, Outcome::Success), status.as_u16() < 400, "{status}: {outcome:?}");
+    assert_eq!(
+        matches!(outcome, Outcome::Success),
+        status.as_u16() < 400,
+        "{status}: {outcome:?}"
+    );
     let _ = reported_tokens(body);
     let _ = estimate_tokens(body);
     if let Ok(state) = serde_json::from_slice::<QuotaState>(body)
