@@ -221,7 +221,46 @@ pub(crate) fn parse_base_url(text: &str) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    #[test]
+    fn backoffs_are_min_dot_dot_max() {
+        let backoff = parse_backoff("60s..5m").unwrap();
+        assert_eq!(backoff.base, Duration::from_secs(60));
+        assert_eq!(backoff.max, Duration::from_secs(300));
+        assert_eq!(
+            parse_backoff(" 1s .. 1s ").unwrap().max,
+            Duration::from_secs(1)
+        );
+        for (text, error) in [
+            ("5m", "expected MIN..MAX, e.g. 60s..5m, got '5m'"),
+            ("0..5m", "MIN: must be more than zero"),
+            ("1s..", "MAX: "),
+            ("5m..1m", "MAX (60s) is below MIN (300s)"),
+        ] {
+            let got = parse_backoff(text).unwrap_err();
+            assert!(got.starts_with(error), "{text}: {got}");
+        }
+    }
+
+    proptest! {
+        /// Any text is a backoff or an error, never a panic; any MIN..MAX written from two
+        /// durations reads back.
+        #[test]
+        fn backoff_text_never_panics_and_round_trips(
+            text in ".{0,40}",
+            base_ms in 1_u64..10_000_000,
+            extra_ms in 0_u64..10_000_000,
+        ) {
+            let _ = parse_backoff(&text);
+            let written = format!("{base_ms}ms..{}ms", base_ms + extra_ms);
+            let backoff = parse_backoff(&written).unwrap();
+            prop_assert_eq!(backoff.base, Duration::from_millis(base_ms));
+            prop_assert_eq!(backoff.max, Duration::from_millis(base_ms + extra_ms));
+        }
+    }
 
     #[test]
     fn counts_must_be_positive() {
