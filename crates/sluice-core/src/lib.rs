@@ -37,6 +37,7 @@ pub mod decision;
 pub mod key;
 pub mod outcomes;
 pub mod policy;
+pub mod queue;
 pub mod time;
 
 pub use aimd::{Aimd, AimdConfig, AimdError};
