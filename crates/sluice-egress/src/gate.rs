@@ -10,6 +10,9 @@
 //!    tenant of its own;
 //! 3. within a tenant, first come first served.
 //!
+//! That order is sluice-core's line model ([`sluice_core::queue`]); the gate adds the turn
+//! (one holder at a time) and the wakers.
+//!
 //! At most `capacity` callers wait; more get [`GateFull`] at once, so memory stays bounded.
 //!
 //! Cancel safety: [`Gate::enter`] may be dropped at any await. A caller dropped while it
@@ -17,14 +20,14 @@
 //! passes the turn on, as dropping a [`Turn`] does. Each hand-off wakes exactly the
 //! waiter that got the turn.
 
-use std::cmp::Reverse;
-use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap, btree_map};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
+
+use sluice_core::Nanos;
+use sluice_core::queue::{Overflow, Queue, QueueConfig, Tenant, WaiterId};
 
 use crate::job::Priority;
 
@@ -42,144 +45,26 @@ pub struct Gate {
     state: Mutex<State>,
 }
 
-/// A tenant as the gate knows it: its name cut to [`MAX_TENANT_LEN`] bytes.
-type TenantKey = Option<Arc<str>>;
-
 /// Everything behind the gate's lock, which is never held across an await.
-#[derive(Default)]
 struct State {
     /// Someone holds the turn, or it has been granted to [`State::granted`]. When it is
     /// not held, nobody waits.
     held: bool,
     /// The waiter the turn was handed to, until it sees the grant (or is dropped).
-    granted: Option<u64>,
-    /// Callers queued in `levels`.
-    waiting: usize,
-    /// The next waiter's id: ids grow, so a tenant's queue in id order is FIFO.
-    next_id: u64,
-    /// The next place at the end of a round robin.
-    next_seq: u64,
-    /// The waiters, highest priority first. No level is empty.
-    levels: BTreeMap<Reverse<Priority>, Level>,
-}
-
-/// The waiters of one priority.
-#[derive(Default)]
-struct Level {
-    /// Callers queued at this priority.
-    waiting: usize,
-    /// The tenants with waiters, the one to go next first.
-    rotation: BTreeMap<u64, TenantKey>,
-    /// Each tenant's waiters. No queue is empty.
-    tenants: HashMap<TenantKey, Queue>,
-}
-
-/// One tenant's waiters at one priority.
-struct Queue {
-    /// The tenant's key in [`Level::rotation`].
-    seq: u64,
-    /// Waiters by id (arrival order), with the waker to call when granted the turn.
-    waiters: BTreeMap<u64, Option<Waker>>,
+    granted: Option<WaiterId>,
+    /// The waiters, in sluice-core's one line model, each with the waker to call when it
+    /// is granted the turn. No deadlines: a caller's own timeout drops its future.
+    line: Queue<Priority, Option<Waker>>,
 }
 
 impl State {
-    /// Queues a waiter; returns its id and the tenant key it is filed under.
-    fn push(&mut self, priority: Priority, tenant: TenantKey) -> (u64, TenantKey) {
-        let id = self.next_id;
-        self.next_id = self.next_id.wrapping_add(1);
-        let level = self.levels.entry(Reverse(priority)).or_default();
-        let key = match level.tenants.entry(tenant) {
-            Entry::Occupied(mut queue) => {
-                queue.get_mut().waiters.insert(id, None);
-                queue.key().clone()
-            }
-            Entry::Vacant(vacant) => {
-                let seq = self.next_seq;
-                self.next_seq = self.next_seq.wrapping_add(1);
-                let key = vacant.key().clone();
-                level.rotation.insert(seq, key.clone());
-                vacant.insert(Queue {
-                    seq,
-                    waiters: BTreeMap::from([(id, None)]),
-                });
-                key
-            }
-        };
-        level.waiting += 1;
-        self.waiting += 1;
-        (id, key)
-    }
-
-    /// The waker slot of a queued waiter.
-    fn waker_mut(
-        &mut self,
-        priority: Priority,
-        tenant: &TenantKey,
-        id: u64,
-    ) -> Option<&mut Option<Waker>> {
-        self.levels
-            .get_mut(&Reverse(priority))?
-            .tenants
-            .get_mut(tenant)?
-            .waiters
-            .get_mut(&id)
-    }
-
-    /// Takes a queued waiter out of the queue; returns its waker slot if it was queued.
-    fn remove(&mut self, priority: Priority, tenant: &TenantKey, id: u64) -> Option<Option<Waker>> {
-        let btree_map::Entry::Occupied(mut level_entry) = self.levels.entry(Reverse(priority))
-        else {
-            return None;
-        };
-        let level = level_entry.get_mut();
-        let queue = level.tenants.get_mut(tenant)?;
-        let waker = queue.waiters.remove(&id)?;
-        if queue.waiters.is_empty() {
-            let seq = queue.seq;
-            level.rotation.remove(&seq);
-            level.tenants.remove(tenant);
-        }
-        level.waiting -= 1;
-        self.waiting -= 1;
-        if level.waiting == 0 {
-            level_entry.remove();
-        }
-        Some(waker)
-    }
-
-    /// Takes the next waiter out of the queue: highest priority, then the tenant at the
-    /// head of the round robin (who goes to its end if it has more), then the oldest.
-    fn pop(&mut self) -> Option<(u64, Option<Waker>)> {
-        let mut level_entry = self.levels.first_entry()?;
-        let level = level_entry.get_mut();
-        let (_, key) = level.rotation.pop_first()?;
-        let Entry::Occupied(mut queue) = level.tenants.entry(key) else {
-            return None;
-        };
-        let (id, waker) = queue.get_mut().waiters.pop_first()?;
-        if queue.get().waiters.is_empty() {
-            queue.remove();
-        } else {
-            let seq = self.next_seq;
-            self.next_seq = self.next_seq.wrapping_add(1);
-            queue.get_mut().seq = seq;
-            level.rotation.insert(seq, queue.key().clone());
-        }
-        level.waiting -= 1;
-        self.waiting -= 1;
-        if level.waiting == 0 {
-            level_entry.remove();
-        }
-        Some((id, waker))
-    }
-
     /// The turn is free: grants it to the next waiter and returns the waker to call
     /// (after the lock is released), or marks the turn free if nobody waits.
     fn pass_on(&mut self) -> Option<Waker> {
         debug_assert!(self.held && self.granted.is_none());
-        if let Some((id, waker)) = self.pop() {
-            self.granted = Some(id);
-            waker
+        if let Some(waiter) = self.line.pop() {
+            self.granted = Some(waiter.id);
+            waiter.value
         } else {
             self.held = false;
             None
@@ -193,7 +78,14 @@ impl Gate {
     pub fn new(capacity: usize) -> Self {
         Self {
             capacity,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                held: false,
+                granted: None,
+                line: Queue::new(QueueConfig {
+                    max_length: capacity,
+                    overflow: Overflow::RejectNew,
+                }),
+            }),
         }
     }
 
@@ -218,22 +110,21 @@ impl Gate {
         let waiter = {
             let mut state = self.lock();
             if !state.held {
-                debug_assert_eq!(state.waiting, 0);
+                debug_assert!(state.line.is_empty());
                 state.held = true;
                 return Ok(Turn { gate: self });
             }
-            if state.waiting >= self.capacity {
-                return Err(GateFull {
-                    waiting: state.waiting,
+            // Only the caller's own timeout ends a wait: no deadline in the line.
+            let joined = state
+                .line
+                .push(priority, tenant_key(tenant), Nanos::MAX, None, Nanos::ZERO)
+                .map_err(|_| GateFull {
+                    waiting: state.line.len(),
                     capacity: self.capacity,
-                });
-            }
-            let (id, tenant) = state.push(priority, tenant_key(tenant));
+                })?;
             Waiter {
                 gate: self,
-                id,
-                priority,
-                tenant,
+                id: joined.id,
                 done: false,
             }
         };
@@ -242,16 +133,12 @@ impl Gate {
 
     /// How many callers wait now (the turn's holder not counted).
     pub fn waiting(&self) -> usize {
-        self.lock().waiting
+        self.lock().line.len()
     }
 
     /// How many callers wait now at each priority that has any, highest first.
     pub fn waiting_by_priority(&self) -> Vec<(Priority, usize)> {
-        self.lock()
-            .levels
-            .iter()
-            .map(|(Reverse(priority), level)| (*priority, level.waiting))
-            .collect()
+        self.lock().line.len_by_priority()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -273,7 +160,7 @@ impl fmt::Debug for Gate {
         f.debug_struct("Gate")
             .field("capacity", &self.capacity)
             .field("held", &state.held)
-            .field("waiting", &state.waiting)
+            .field("waiting", &state.line.len())
             .finish_non_exhaustive()
     }
 }
@@ -307,9 +194,7 @@ pub struct GateFull {
 /// passes on the turn if the turn had already been granted to it.
 struct Waiter<'a> {
     gate: &'a Gate,
-    id: u64,
-    priority: Priority,
-    tenant: TenantKey,
+    id: WaiterId,
     /// It has returned its turn: nothing to undo.
     done: bool,
 }
@@ -326,7 +211,7 @@ impl<'a> Future for Waiter<'a> {
             this.done = true;
             return Poll::Ready(Turn { gate: this.gate });
         }
-        if let Some(slot) = state.waker_mut(this.priority, &this.tenant, this.id) {
+        if let Some(slot) = state.line.get_mut(this.id).map(|waiter| &mut waiter.value) {
             match slot {
                 Some(waker) if waker.will_wake(cx.waker()) => {}
                 _ => *slot = Some(cx.waker().clone()),
@@ -352,7 +237,7 @@ impl Drop for Waiter<'_> {
                 waker.wake();
             }
         } else {
-            let removed = state.remove(self.priority, &self.tenant, self.id);
+            let removed = state.line.remove(self.id);
             drop(state);
             debug_assert!(removed.is_some(), "a waiting caller was not queued");
             drop(removed);
@@ -361,38 +246,25 @@ impl Drop for Waiter<'_> {
 }
 
 /// The key `tenant` is filed under: its first [`MAX_TENANT_LEN`] bytes (whole characters).
-fn tenant_key(tenant: Option<&str>) -> TenantKey {
+fn tenant_key(tenant: Option<&str>) -> Tenant {
     tenant.map(|name| Arc::from(&name[..name.floor_char_boundary(MAX_TENANT_LEN)]))
 }
 
 #[cfg(test)]
 mod tests {
-    use std::collections::VecDeque;
+    use std::cmp::Reverse;
+    use std::collections::{BTreeMap, VecDeque};
 
     use proptest::prelude::*;
 
     use super::*;
 
     impl State {
-        /// Checks the bookkeeping: counts agree, nothing empty is kept, the rotation and
-        /// the tenants match.
+        /// Checks the bookkeeping: a free turn has nobody waiting and nobody granted.
+        /// (The line's own bookkeeping is sluice-core's, tested there.)
         fn check(&self) {
-            let mut total = 0;
-            for level in self.levels.values() {
-                assert!(level.waiting > 0, "an empty level is kept");
-                assert_eq!(level.rotation.len(), level.tenants.len());
-                let mut sum = 0;
-                for (key, queue) in &level.tenants {
-                    assert!(!queue.waiters.is_empty(), "an empty tenant queue is kept");
-                    assert_eq!(level.rotation.get(&queue.seq), Some(key));
-                    sum += queue.waiters.len();
-                }
-                assert_eq!(sum, level.waiting);
-                total += sum;
-            }
-            assert_eq!(total, self.waiting);
             if !self.held {
-                assert_eq!(self.waiting, 0);
+                assert!(self.line.is_empty());
                 assert_eq!(self.granted, None);
             }
         }
