@@ -199,7 +199,7 @@ impl FromStr for Rate {
     /// Parses `LIMIT/PERIOD`: `100/s`, `5000/min`, `4000000/min`, `10/1h30m`, `3/500ms`.
     /// A period is a unit word (`s`, `sec`, `second`, `min`, `minute`, `h`, `hour`, `d`,
     /// `day`, plurals allowed) or a duration in the grammar of
-    /// [`parse_duration`](crate::time::parse_duration) (`1h30m`, `1.5s`).
+    /// [`parse_duration`] (`1h30m`, `1.5s`).
     fn from_str(input: &str) -> Result<Self, Self::Err> {
         let invalid = |part: &str, reason| PolicyError::InvalidRate {
             input: input.to_owned(),
