@@ -101,6 +101,12 @@ impl WaiterId {
     pub const fn get(self) -> u64 {
         self.0
     }
+
+    /// The id a number names: the inverse of [`get`](Self::get), for an id that was kept
+    /// as a number (in a ticket, on the wire).
+    pub const fn from_number(number: u64) -> Self {
+        Self(number)
+    }
 }
 
 /// One waiter in a line.

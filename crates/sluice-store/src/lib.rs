@@ -13,6 +13,7 @@ pub mod conformance;
 mod dispatch;
 pub mod fallback;
 mod memory;
+pub mod queue;
 mod store;
 
 pub use fallback::{FallbackConfig, FallbackError, FallbackStats, FallbackStore};
