@@ -202,6 +202,20 @@ impl<P: Ord + Copy, T> Queue<P, T> {
         self.config
     }
 
+    /// An empty line whose first waiter's id is `first`: for a line made again after it
+    /// was dropped, so that no id it hands out repeats one of the line it replaces.
+    pub fn starting_at(config: QueueConfig, first: WaiterId) -> Self {
+        Self {
+            next_id: first.0,
+            ..Self::new(config)
+        }
+    }
+
+    /// The id the next waiter will get.
+    pub fn next_id(&self) -> WaiterId {
+        WaiterId(self.next_id)
+    }
+
     /// Changes the configuration; waiters beyond a smaller `max_length` stay until served.
     pub fn set_config(&mut self, config: QueueConfig) {
         self.config = config;

@@ -57,3 +57,16 @@ async fn skipping_an_unknown_scenario_is_refused() {
     .await;
     assert!(outcome.is_err_and(|e| e.is_panic()));
 }
+
+#[tokio::test]
+async fn memory_queues_match_the_queue_model_on_generated_sequences() {
+    let config = Config {
+        cases: 256,
+        max_ops: 80,
+        ..Config::default()
+    };
+    conformance::queue::run(&config, |clock| async move {
+        sluice_store::queue::MemoryQueues::new(MemoryStore::with_clock(clock))
+    })
+    .await;
+}

@@ -37,6 +37,7 @@
 mod driver;
 mod model;
 mod properties;
+pub mod queue;
 mod scenarios;
 
 pub use model::Model;

@@ -69,14 +69,59 @@ struct LineState {
 pub struct MemoryQueues<C: Clock> {
     store: MemoryStore<C>,
     config: MemoryQueuesConfig,
-    lines: Mutex<HashMap<Key, LineState>>,
+    lines: Mutex<Lines>,
+}
+
+/// The lines, and the first ticket a line made anew starts at: above every ticket handed
+/// out so far, so that a ticket of a forgotten line never names a waiter of its successor.
+#[derive(Debug, Default)]
+struct Lines {
+    lines: HashMap<Key, LineState>,
+    next_ticket: u64,
+}
+
+impl Lines {
+    /// The line `key`, made if it is new and there is room.
+    fn get_or_make(
+        &mut self,
+        key: &Key,
+        config: QueueConfig,
+        max_lines: usize,
+    ) -> Result<&mut LineState, MemoryQueuesError> {
+        let count = self.lines.len();
+        match self.lines.entry(key.clone()) {
+            std::collections::hash_map::Entry::Occupied(entry) => Ok(entry.into_mut()),
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                if count >= max_lines {
+                    return Err(MemoryQueuesError::TooManyLines { max_lines });
+                }
+                let first = WaiterId::from_number(self.next_ticket);
+                Ok(entry.insert(LineState {
+                    queue: Queue::starting_at(config, first),
+                    outcomes: BTreeMap::new(),
+                    stats: LineStats::default(),
+                }))
+            }
+        }
+    }
+
+    /// Forgets a line that holds nothing worth keeping, so that idle lines cost nothing.
+    fn forget_if_idle(&mut self, key: &Key) {
+        let Some(state) = self.lines.get(key) else {
+            return;
+        };
+        self.next_ticket = self.next_ticket.max(state.queue.next_id().get());
+        if state.queue.is_empty() && !state.queue.is_paused() && state.outcomes.is_empty() {
+            self.lines.remove(key);
+        }
+    }
 }
 
 impl<C: Clock> std::fmt::Debug for MemoryQueues<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryQueues")
             .field("config", &self.config)
-            .field("lines", &self.lock().len())
+            .field("lines", &self.lock().lines.len())
             .finish_non_exhaustive()
     }
 }
@@ -92,7 +137,7 @@ impl<C: Clock> MemoryQueues<C> {
         Self {
             store,
             config,
-            lines: Mutex::new(HashMap::new()),
+            lines: Mutex::new(Lines::default()),
         }
     }
 
@@ -101,14 +146,14 @@ impl<C: Clock> MemoryQueues<C> {
         &self.store
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<Key, LineState>> {
+    fn lock(&self) -> MutexGuard<'_, Lines> {
         // Plain values inside: a panic elsewhere cannot leave them half-updated.
         self.lines.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// How many lines are kept now (idle ones are forgotten).
     pub fn lines(&self) -> usize {
-        self.lock().len()
+        self.lock().lines.len()
     }
 
     fn now(&self) -> Nanos {
@@ -123,18 +168,7 @@ impl<C: Clock> MemoryQueues<C> {
     ) -> Result<Joined, MemoryQueuesError> {
         let now = self.now();
         let mut lines = self.lock();
-        let count = lines.len();
-        let state = match lines.entry(line.key.clone()) {
-            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
-            std::collections::hash_map::Entry::Vacant(entry) => {
-                if count >= self.config.max_lines {
-                    return Err(MemoryQueuesError::TooManyLines {
-                        max_lines: self.config.max_lines,
-                    });
-                }
-                entry.insert(LineState::new(line.config))
-            }
-        };
+        let state = lines.get_or_make(line.key, line.config, self.config.max_lines)?;
         state.queue.set_config(line.config);
         // Work-conserving: whoever is ahead goes first, then this request may go at once.
         self.serve_line(state, now);
@@ -142,7 +176,7 @@ impl<C: Clock> MemoryQueues<C> {
             let verdict = self.store.check_all_now(request.limits, request.cost);
             if verdict.allowed {
                 state.stats.granted += 1;
-                forget_if_idle(&mut lines, line.key);
+                lines.forget_if_idle(line.key);
                 return Ok(Joined::Granted(verdict));
             }
         }
@@ -169,7 +203,7 @@ impl<C: Clock> MemoryQueues<C> {
                     Refusal::Overflow => state.stats.overflow += 1,
                     Refusal::Paused => state.stats.paused_refusals += 1,
                 }
-                forget_if_idle(&mut lines, line.key);
+                lines.forget_if_idle(line.key);
                 return Ok(Joined::Refused(refusal));
             }
         };
@@ -189,7 +223,7 @@ impl<C: Clock> MemoryQueues<C> {
     pub fn serve_now(&self, line: Line<'_>) -> Served {
         let now = self.now();
         let mut lines = self.lock();
-        let Some(state) = lines.get_mut(line.key) else {
+        let Some(state) = lines.lines.get_mut(line.key) else {
             return Served {
                 now,
                 ..Served::default()
@@ -197,59 +231,48 @@ impl<C: Clock> MemoryQueues<C> {
         };
         state.queue.set_config(line.config);
         let served = self.serve_line(state, now);
-        forget_if_idle(&mut lines, line.key);
+        lines.forget_if_idle(line.key);
         served
     }
 
     /// [`QueueStore::status`], read now.
     pub fn status_now(&self, line: Line<'_>, ticket: QueueTicket) -> TicketStatus {
         let mut lines = self.lock();
-        let Some(state) = lines.get_mut(line.key) else {
+        let Some(state) = lines.lines.get_mut(line.key) else {
             return TicketStatus::Unknown;
         };
         let status = state.status(ticket);
-        forget_if_idle(&mut lines, line.key);
+        lines.forget_if_idle(line.key);
         status
     }
 
     /// [`QueueStore::leave`], done now.
     pub fn leave_now(&self, line: Line<'_>, ticket: QueueTicket) -> TicketStatus {
         let mut lines = self.lock();
-        let Some(state) = lines.get_mut(line.key) else {
+        let Some(state) = lines.lines.get_mut(line.key) else {
             return TicketStatus::Unknown;
         };
         let status = match state.queue.remove(WaiterId::from_number(ticket.0)) {
             Some(_) => TicketStatus::Waiting,
             None => state.status(ticket),
         };
-        forget_if_idle(&mut lines, line.key);
+        lines.forget_if_idle(line.key);
         status
     }
 
     /// [`QueueStore::pause`] or [`QueueStore::resume`], done now.
     pub fn set_paused_now(&self, line: Line<'_>, paused: bool) -> Result<(), MemoryQueuesError> {
         let mut lines = self.lock();
-        let count = lines.len();
-        let state = match lines.entry(line.key.clone()) {
-            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
-            std::collections::hash_map::Entry::Vacant(entry) => {
-                if !paused {
-                    return Ok(());
-                }
-                if count >= self.config.max_lines {
-                    return Err(MemoryQueuesError::TooManyLines {
-                        max_lines: self.config.max_lines,
-                    });
-                }
-                entry.insert(LineState::new(line.config))
-            }
-        };
+        if !paused && !lines.lines.contains_key(line.key) {
+            return Ok(());
+        }
+        let state = lines.get_or_make(line.key, line.config, self.config.max_lines)?;
         if paused {
             state.queue.pause();
         } else {
             state.queue.resume();
         }
-        forget_if_idle(&mut lines, line.key);
+        lines.forget_if_idle(line.key);
         Ok(())
     }
 
@@ -257,7 +280,7 @@ impl<C: Clock> MemoryQueues<C> {
     pub fn stats_now(&self, line: Line<'_>) -> LineStats {
         let now = self.now();
         let lines = self.lock();
-        let Some(state) = lines.get(line.key) else {
+        let Some(state) = lines.lines.get(line.key) else {
             return LineStats::default();
         };
         LineStats {
@@ -332,25 +355,7 @@ fn ready_at(verdict: &Verdict, now: Nanos) -> Option<Nanos> {
     Some(now.plus_nanos(sluice_core::time::duration_nanos(wait)))
 }
 
-/// Forgets a line that holds nothing worth keeping, so that idle lines cost nothing.
-fn forget_if_idle(lines: &mut HashMap<Key, LineState>, key: &Key) {
-    if lines
-        .get(key)
-        .is_some_and(|s| s.queue.is_empty() && !s.queue.is_paused() && s.outcomes.is_empty())
-    {
-        lines.remove(key);
-    }
-}
-
 impl LineState {
-    fn new(config: QueueConfig) -> Self {
-        Self {
-            queue: Queue::new(config),
-            outcomes: BTreeMap::new(),
-            stats: LineStats::default(),
-        }
-    }
-
     fn finish(&mut self, ticket: QueueTicket, status: TicketStatus, max_outcomes: usize) {
         self.outcomes.insert(ticket, status);
         while self.outcomes.len() > max_outcomes {
