@@ -71,6 +71,9 @@ pub enum Overflow {
 }
 
 impl Overflow {
+    /// Every strategy, in declaration order.
+    pub const ALL: [Self; 3] = [Self::RejectNew, Self::DropOldest, Self::EvictLowestPriority];
+
     /// The name used in configuration: `reject_new`, `drop_oldest` or
     /// `evict_lowest_priority`.
     pub const fn name(self) -> &'static str {

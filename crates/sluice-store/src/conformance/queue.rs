@@ -67,11 +67,7 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn overflow() -> impl Strategy<Value = Overflow> {
-    prop_oneof![
-        Just(Overflow::RejectNew),
-        Just(Overflow::DropOldest),
-        Just(Overflow::EvictLowestPriority)
-    ]
+    proptest::sample::select(Overflow::ALL.to_vec())
 }
 
 /// The model of a line: the core queue for the order, the limits model for the grants.

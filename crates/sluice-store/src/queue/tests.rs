@@ -34,22 +34,55 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
+/// One limit on one key, and a line for it.
+struct Fixture {
+    key: Key,
+    policy: Policy,
+}
+
+impl Fixture {
+    fn new(rate: &str) -> Self {
+        Self {
+            key: key(),
+            policy: Policy::parse("gcra", rate).unwrap(),
+        }
+    }
+
+    fn limits(&self) -> [Limit<'_>; 1] {
+        [Limit::new(&self.key, &self.policy)]
+    }
+
+    fn line(&self, max_length: usize, overflow: Overflow) -> Line<'_> {
+        Line {
+            key: &self.key,
+            config: config(max_length, overflow),
+        }
+    }
+}
+
+/// A request of one unit on `limits`.
+fn request<'a>(
+    limits: &'a [Limit<'a>],
+    priority: i32,
+    tenant: Option<&'a str>,
+    max_wait: Duration,
+) -> Request<'a> {
+    Request {
+        limits,
+        cost: 1,
+        priority,
+        tenant,
+        max_wait,
+    }
+}
+
 #[test]
 fn an_empty_line_grants_at_once_and_keeps_nothing() {
     let (q, _clock) = queues();
-    let (key, policy) = (key(), Policy::parse("gcra", "2/s").unwrap());
-    let limits = [Limit::new(&key, &policy)];
-    let line = Line {
-        key: &key,
-        config: config(5, Overflow::RejectNew),
-    };
-    let request = Request {
-        limits: &limits,
-        cost: 1,
-        priority: 0,
-        tenant: None,
-        max_wait: ms(10_000),
-    };
+    let fixture = Fixture::new("2/s");
+    let limits = fixture.limits();
+    let line = fixture.line(5, Overflow::RejectNew);
+    let request = request(&limits, 0, None, ms(10_000));
     assert!(matches!(q.join_now(line, request), Ok(Joined::Granted(v)) if v.allowed));
     assert_eq!(q.lines(), 0, "an idle line is forgotten");
 }
@@ -57,24 +90,12 @@ fn an_empty_line_grants_at_once_and_keeps_nothing() {
 #[test]
 fn a_line_on_two_per_second_grants_one_every_500ms_in_order() {
     let (q, clock) = queues();
-    let (key, policy) = (key(), Policy::parse("gcra", "2/s").unwrap());
-    let limits = [Limit::new(&key, &policy)];
-    let line = Line {
-        key: &key,
-        config: config(5, Overflow::RejectNew),
-    };
+    let fixture = Fixture::new("2/s");
+    let limits = fixture.limits();
+    let line = fixture.line(5, Overflow::RejectNew);
     let join = |priority, tenant| {
-        q.join_now(
-            line,
-            Request {
-                limits: &limits,
-                cost: 1,
-                priority,
-                tenant,
-                max_wait: ms(10_000),
-            },
-        )
-        .unwrap()
+        q.join_now(line, request(&limits, priority, tenant, ms(10_000)))
+            .unwrap()
     };
     // 2/s: a burst of 2 at once (GCRA's capacity), then one every 500 ms.
     let mut waiting = Vec::new();
@@ -123,24 +144,12 @@ fn a_line_on_two_per_second_grants_one_every_500ms_in_order() {
 #[test]
 fn a_higher_priority_goes_first_and_evicts_the_lowest_when_full() {
     let (q, clock) = queues();
-    let (key, policy) = (key(), Policy::parse("gcra", "1/s").unwrap());
-    let limits = [Limit::new(&key, &policy)];
-    let line = Line {
-        key: &key,
-        config: config(2, Overflow::EvictLowestPriority),
-    };
+    let fixture = Fixture::new("1/s");
+    let limits = fixture.limits();
+    let line = fixture.line(2, Overflow::EvictLowestPriority);
     let join = |priority| {
-        q.join_now(
-            line,
-            Request {
-                limits: &limits,
-                cost: 1,
-                priority,
-                tenant: None,
-                max_wait: ms(60_000),
-            },
-        )
-        .unwrap()
+        q.join_now(line, request(&limits, priority, None, ms(60_000)))
+            .unwrap()
     };
     assert!(matches!(join(0), Joined::Granted(_)));
     let Joined::Waiting(low_old) = join(0) else {
@@ -165,19 +174,10 @@ fn a_higher_priority_goes_first_and_evicts_the_lowest_when_full() {
 #[test]
 fn a_waiter_times_out_at_its_deadline_and_a_paused_line_grants_nothing() {
     let (q, clock) = queues();
-    let (key, policy) = (key(), Policy::parse("gcra", "1/s").unwrap());
-    let limits = [Limit::new(&key, &policy)];
-    let line = Line {
-        key: &key,
-        config: config(5, Overflow::RejectNew),
-    };
-    let request = |max_wait| Request {
-        limits: &limits,
-        cost: 1,
-        priority: 0,
-        tenant: None,
-        max_wait,
-    };
+    let fixture = Fixture::new("1/s");
+    let limits = fixture.limits();
+    let line = fixture.line(5, Overflow::RejectNew);
+    let request = |max_wait| request(&limits, 0, None, max_wait);
     assert!(matches!(
         q.join_now(line, request(ms(0))),
         Ok(Joined::Granted(_))
@@ -211,19 +211,10 @@ fn a_waiter_times_out_at_its_deadline_and_a_paused_line_grants_nothing() {
 #[tokio::test(start_paused = true)]
 async fn acquire_waits_its_turn_and_gives_up_at_max_wait() {
     let (q, clock) = queues();
-    let (key, policy) = (key(), Policy::parse("gcra", "2/s").unwrap());
-    let limits = [Limit::new(&key, &policy)];
-    let line = Line {
-        key: &key,
-        config: config(5, Overflow::RejectNew),
-    };
-    let request = |max_wait| Request {
-        limits: &limits,
-        cost: 1,
-        priority: 0,
-        tenant: None,
-        max_wait,
-    };
+    let fixture = Fixture::new("2/s");
+    let limits = fixture.limits();
+    let line = fixture.line(5, Overflow::RejectNew);
+    let request = |max_wait| request(&limits, 0, None, max_wait);
     let sleep = |until: Nanos| {
         let clock = Arc::clone(&clock);
         async move {
