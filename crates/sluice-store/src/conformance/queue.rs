@@ -36,11 +36,10 @@ use crate::store::Limit;
 
 #[derive(Clone, Debug)]
 enum Op {
-    /// A request joins: `limits` picks one or both limits, `wait` is its max wait in ms.
+    /// A request joins; `wait` is its max wait in ms.
     Join {
         priority: i32,
         tenant: Option<u8>,
-        limits: u8,
         cost: u64,
         wait: u64,
     },
@@ -55,8 +54,8 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        5 => (0_i32..3, proptest::option::of(0_u8..2), 1_u8..4, 1_u64..3, 0_u64..3000)
-            .prop_map(|(priority, tenant, limits, cost, wait)| Op::Join { priority, tenant, limits, cost, wait }),
+        5 => (0_i32..3, proptest::option::of(0_u8..2), 1_u64..3, 0_u64..3000)
+            .prop_map(|(priority, tenant, cost, wait)| Op::Join { priority, tenant, cost, wait }),
         3 => Just(Op::Serve),
         2 => any::<usize>().prop_map(Op::Status),
         1 => any::<usize>().prop_map(Op::Leave),
@@ -72,14 +71,16 @@ fn overflow() -> impl Strategy<Value = Overflow> {
 
 /// The model of a line: the core queue for the order, the limits model for the grants.
 struct LineModel {
-    queue: Queue<i32, (u8, u64)>,
+    /// Which of the universe's limits the line guards.
+    which: u8,
+    queue: Queue<i32, u64>,
     outcomes: HashMap<u64, TicketStatus>,
     limits: Model,
 }
 
 impl LineModel {
-    fn check(&mut self, universe: &Universe, which: u8, cost: u64, now: Nanos) -> Verdict {
-        let limits = universe.limits(which);
+    fn check(&mut self, universe: &Universe, cost: u64, now: Nanos) -> Verdict {
+        let limits = universe.limits(self.which);
         self.limits.check_all(&limits, cost, now)
     }
 
@@ -96,8 +97,8 @@ impl LineModel {
             let Some(head) = self.queue.head() else {
                 return (granted, None);
             };
-            let (id, (which, cost)) = (head.id, head.value);
-            let verdict = self.check(universe, which, cost, now);
+            let (id, cost) = (head.id, head.value);
+            let verdict = self.check(universe, cost, now);
             if verdict.allowed {
                 self.queue.pop();
                 granted.push(id.get());
@@ -180,15 +181,20 @@ where
         proptest::test_runner::Config::default(),
         TestRng::from_seed(RngAlgorithm::ChaCha, &seed),
     );
-    let strategy = (0_usize..6, overflow(), vec(op(), 1..=config.max_ops.max(1)));
+    let strategy = (
+        0_usize..6,
+        overflow(),
+        1_u8..4,
+        vec(op(), 1..=config.max_ops.max(1)),
+    );
     for case in 0..config.cases {
         let tree = strategy
             .new_tree(&mut runner)
             .expect("the strategy always generates");
-        let (max_length, overflow, ops) = tree.current();
-        if let Err(failure) = replay(max_length, overflow, &ops, &make_store).await {
+        let (max_length, overflow, which, ops) = tree.current();
+        if let Err(failure) = replay(max_length, overflow, which, &ops, &make_store).await {
             panic!(
-                "queue conformance case {case} (max_length {max_length}, {}): {failure}\nops: {ops:#?}",
+                "queue conformance case {case} (max_length {max_length}, {}, limits {which}): {failure}\nops: {ops:#?}",
                 overflow.name()
             );
         }
@@ -198,6 +204,7 @@ where
 async fn replay<Q, F, Fut>(
     max_length: usize,
     overflow: Overflow,
+    which: u8,
     ops: &[Op],
     make_store: &F,
 ) -> Result<(), String>
@@ -213,11 +220,14 @@ where
         max_length,
         overflow,
     };
+    let limits = universe.limits(which);
     let line = Line {
         key: &universe.line,
+        limits: &limits,
         config,
     };
     let mut model = LineModel {
+        which,
         queue: Queue::new(config),
         outcomes: HashMap::new(),
         limits: Model::new(),
@@ -234,13 +244,10 @@ where
             Op::Join {
                 priority,
                 tenant,
-                limits: which,
                 cost,
                 wait,
             } => {
-                let limits = universe.limits(which);
                 let request = Request {
-                    limits: &limits,
                     cost,
                     priority,
                     tenant: tenant.map(|t| names[usize::from(t)]),
@@ -253,7 +260,7 @@ where
                 // The model: serve those ahead, then go at once if nobody waits.
                 model.serve(&universe, now);
                 let want = if model.queue.is_empty() && !model.queue.is_paused() {
-                    let verdict = model.check(&universe, which, cost, now);
+                    let verdict = model.check(&universe, cost, now);
                     verdict.allowed.then_some(Joined::Granted(verdict))
                 } else {
                     None
@@ -265,10 +272,7 @@ where
                             Duration::from_millis(wait),
                         ));
                         let name = tenant.map(|t| names[usize::from(t)].into());
-                        match model
-                            .queue
-                            .push(priority, name, deadline, (which, cost), now)
-                        {
+                        match model.queue.push(priority, name, deadline, cost, now) {
                             Ok(joined) => {
                                 if let Some(evicted) = joined.evicted {
                                     model

@@ -5,11 +5,11 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use sluice_core::queue::{Queue, QueueConfig, Refusal, WaiterId};
-use sluice_core::{Clock, Key, Nanos, Policy, Verdict};
+use sluice_core::{Clock, Key, Nanos, Verdict};
 
 use super::{Joined, Line, LineStats, QueueStore, QueueTicket, Request, Served, TicketStatus};
 use crate::memory::MemoryStore;
-use crate::store::{FailurePolicy, Limit};
+use crate::store::Limit;
 
 /// The longest tenant name a line tells apart, in bytes.
 pub const MAX_TENANT_LEN: usize = 256;
@@ -47,17 +47,10 @@ pub enum MemoryQueuesError {
     },
 }
 
-/// What a waiter needs to be granted.
-#[derive(Debug)]
-struct Wants {
-    limits: Vec<(Key, Policy, FailurePolicy)>,
-    cost: u64,
-}
-
 /// One line and what became of its tickets.
 #[derive(Debug)]
 struct LineState {
-    queue: Queue<i32, Wants>,
+    queue: Queue<i32, u64>,
     /// Finished tickets not read yet, oldest first.
     outcomes: BTreeMap<QueueTicket, TicketStatus>,
     stats: LineStats,
@@ -171,23 +164,15 @@ impl<C: Clock> MemoryQueues<C> {
         let state = lines.get_or_make(line.key, line.config, self.config.max_lines)?;
         state.queue.set_config(line.config);
         // Work-conserving: whoever is ahead goes first, then this request may go at once.
-        self.serve_line(state, now);
+        self.serve_line(state, line.limits, now);
         if state.queue.is_empty() && !state.queue.is_paused() {
-            let verdict = self.store.check_all_now(request.limits, request.cost);
+            let verdict = self.store.check_all_now(line.limits, request.cost);
             if verdict.allowed {
                 state.stats.granted += 1;
                 lines.forget_if_idle(line.key);
                 return Ok(Joined::Granted(verdict));
             }
         }
-        let wants = Wants {
-            limits: request
-                .limits
-                .iter()
-                .map(|l| (l.key.clone(), *l.policy, l.on_failure))
-                .collect(),
-            cost: request.cost,
-        };
         let deadline = now.plus_nanos(sluice_core::time::duration_nanos(request.max_wait));
         // Tenant names may come from clients: only their first bytes tell them apart.
         let tenant = request
@@ -195,7 +180,7 @@ impl<C: Clock> MemoryQueues<C> {
             .map(|name| name[..name.floor_char_boundary(MAX_TENANT_LEN)].into());
         let joined = match state
             .queue
-            .push(request.priority, tenant, deadline, wants, now)
+            .push(request.priority, tenant, deadline, request.cost, now)
         {
             Ok(joined) => joined,
             Err(refusal) => {
@@ -230,7 +215,7 @@ impl<C: Clock> MemoryQueues<C> {
             };
         };
         state.queue.set_config(line.config);
-        let served = self.serve_line(state, now);
+        let served = self.serve_line(state, line.limits, now);
         lines.forget_if_idle(line.key);
         served
     }
@@ -292,7 +277,7 @@ impl<C: Clock> MemoryQueues<C> {
     }
 
     /// Times out, then grants from the head while its limits admit it.
-    fn serve_line(&self, state: &mut LineState, now: Nanos) -> Served {
+    fn serve_line(&self, state: &mut LineState, limits: &[Limit<'_>], now: Nanos) -> Served {
         let max_outcomes = self.config.max_outcomes;
         let mut served = Served {
             now,
@@ -314,15 +299,8 @@ impl<C: Clock> MemoryQueues<C> {
             let Some(head) = state.queue.head() else {
                 return served;
             };
-            let limits: Vec<Limit<'_>> = head
-                .value
-                .limits
-                .iter()
-                .map(|(key, policy, on_failure)| Limit::new(key, policy).on_failure(*on_failure))
-                .collect();
-            let verdict = self.store.check_all_now(&limits, head.value.cost);
+            let verdict = self.store.check_all_now(limits, head.value);
             let id = head.id;
-            drop(limits);
             if verdict.allowed {
                 // Not paused, so this serves the head just checked.
                 state.queue.pop();

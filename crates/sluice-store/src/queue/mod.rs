@@ -1,10 +1,10 @@
 //! Waiting in line for a limit: the queue contract every queue store implements, and
 //! [`acquire`], the one waiting loop over it.
 //!
-//! A *line* ([`Line`]) is named by a key and holds waiters in sluice-core's
-//! [`Queue`](sluice_core::queue::Queue) order (priority, tenants in turns, arrival), each
-//! with the limits it needs and its cost. [`QueueStore::serve`] grants from the head: the
-//! head's cost is debited from every one of its limits, all or nothing, in one atomic step,
+//! A *line* ([`Line`]) is named by a key, guards a set of limits, and holds waiters in
+//! sluice-core's [`Queue`](sluice_core::queue::Queue) order (priority, tenants in turns,
+//! arrival), each with its cost. [`QueueStore::serve`] grants from the head: the head's cost
+//! is debited from every one of the line's limits, all or nothing, in one atomic step,
 //! and the next head is tried, until a head must wait; it says when to serve again (the
 //! instant the head's limits will admit it, or the soonest deadline). Any process that
 //! shares the line may serve it, and serving twice is harmless, so no process is special:
@@ -25,21 +25,25 @@ use crate::store::Limit;
 
 pub use memory::{MAX_TENANT_LEN, MemoryQueues, MemoryQueuesConfig, MemoryQueuesError};
 
-/// A line: its key (which limit's line it is) and how long it may grow.
+/// A line: its key, the limits its grants debit, and how long it may grow.
+///
+/// The limits belong to the line, not to each waiter, so that a store that grants in one
+/// atomic call (a Redis function) knows every key it touches before it is called.
 #[derive(Clone, Copy, Debug)]
 pub struct Line<'a> {
-    /// The line's name. A store keeps one line per key.
+    /// The line's name. A store keeps one line per key; calls on one key must give the
+    /// same limits.
     pub key: &'a Key,
+    /// Every limit a grant debits, all or nothing.
+    pub limits: &'a [Limit<'a>],
     /// Its maximum length and overflow strategy (applied at every call, so a reload that
     /// changes them takes effect at once).
     pub config: QueueConfig,
 }
 
-/// Someone who wants to be granted `cost` units on every one of `limits`.
+/// Someone who wants to be granted `cost` units on every limit of the line.
 #[derive(Clone, Copy, Debug)]
 pub struct Request<'a> {
-    /// Every limit the grant debits, all or nothing.
-    pub limits: &'a [Limit<'a>],
     /// Units per limit.
     pub cost: u64,
     /// Higher is served first.

@@ -52,23 +52,23 @@ impl Fixture {
         [Limit::new(&self.key, &self.policy)]
     }
 
-    fn line(&self, max_length: usize, overflow: Overflow) -> Line<'_> {
+    fn line<'a>(
+        &'a self,
+        limits: &'a [Limit<'a>],
+        max_length: usize,
+        overflow: Overflow,
+    ) -> Line<'a> {
         Line {
             key: &self.key,
+            limits,
             config: config(max_length, overflow),
         }
     }
 }
 
-/// A request of one unit on `limits`.
-fn request<'a>(
-    limits: &'a [Limit<'a>],
-    priority: i32,
-    tenant: Option<&'a str>,
-    max_wait: Duration,
-) -> Request<'a> {
+/// A request of one unit.
+fn request(priority: i32, tenant: Option<&str>, max_wait: Duration) -> Request<'_> {
     Request {
-        limits,
         cost: 1,
         priority,
         tenant,
@@ -81,8 +81,8 @@ fn an_empty_line_grants_at_once_and_keeps_nothing() {
     let (q, _clock) = queues();
     let fixture = Fixture::new("2/s");
     let limits = fixture.limits();
-    let line = fixture.line(5, Overflow::RejectNew);
-    let request = request(&limits, 0, None, ms(10_000));
+    let line = fixture.line(&limits, 5, Overflow::RejectNew);
+    let request = request(0, None, ms(10_000));
     assert!(matches!(q.join_now(line, request), Ok(Joined::Granted(v)) if v.allowed));
     assert_eq!(q.lines(), 0, "an idle line is forgotten");
 }
@@ -92,9 +92,9 @@ fn a_line_on_two_per_second_grants_one_every_500ms_in_order() {
     let (q, clock) = queues();
     let fixture = Fixture::new("2/s");
     let limits = fixture.limits();
-    let line = fixture.line(5, Overflow::RejectNew);
+    let line = fixture.line(&limits, 5, Overflow::RejectNew);
     let join = |priority, tenant| {
-        q.join_now(line, request(&limits, priority, tenant, ms(10_000)))
+        q.join_now(line, request(priority, tenant, ms(10_000)))
             .unwrap()
     };
     // 2/s: a burst of 2 at once (GCRA's capacity), then one every 500 ms.
@@ -146,9 +146,9 @@ fn a_higher_priority_goes_first_and_evicts_the_lowest_when_full() {
     let (q, clock) = queues();
     let fixture = Fixture::new("1/s");
     let limits = fixture.limits();
-    let line = fixture.line(2, Overflow::EvictLowestPriority);
+    let line = fixture.line(&limits, 2, Overflow::EvictLowestPriority);
     let join = |priority| {
-        q.join_now(line, request(&limits, priority, None, ms(60_000)))
+        q.join_now(line, request(priority, None, ms(60_000)))
             .unwrap()
     };
     assert!(matches!(join(0), Joined::Granted(_)));
@@ -176,8 +176,8 @@ fn a_waiter_times_out_at_its_deadline_and_a_paused_line_grants_nothing() {
     let (q, clock) = queues();
     let fixture = Fixture::new("1/s");
     let limits = fixture.limits();
-    let line = fixture.line(5, Overflow::RejectNew);
-    let request = |max_wait| request(&limits, 0, None, max_wait);
+    let line = fixture.line(&limits, 5, Overflow::RejectNew);
+    let request = |max_wait| request(0, None, max_wait);
     assert!(matches!(
         q.join_now(line, request(ms(0))),
         Ok(Joined::Granted(_))
@@ -213,8 +213,8 @@ async fn acquire_waits_its_turn_and_gives_up_at_max_wait() {
     let (q, clock) = queues();
     let fixture = Fixture::new("2/s");
     let limits = fixture.limits();
-    let line = fixture.line(5, Overflow::RejectNew);
-    let request = |max_wait| request(&limits, 0, None, max_wait);
+    let line = fixture.line(&limits, 5, Overflow::RejectNew);
+    let request = |max_wait| request(0, None, max_wait);
     let sleep = |until: Nanos| {
         let clock = Arc::clone(&clock);
         async move {
