@@ -67,6 +67,18 @@ pub(crate) fn redis_key(prefix: &str, tag: &HashTag, key: &Key, policy: &Policy)
     )
 }
 
+/// The Redis key of the line named `key`: under the same hash tag as the key's limits, so
+/// that a line and the limits it guards live on one cluster slot.
+pub(crate) fn line_key(prefix: &str, tag: &HashTag, key: &Key) -> String {
+    let canonical = key.as_str();
+    let tag_text = tag.of(key);
+    let rest = match tag {
+        HashTag::Domain => canonical.strip_prefix(tag_text).unwrap_or(canonical),
+        HashTag::Constant(_) => canonical,
+    };
+    format!("{prefix}:{{{tag_text}}}:q:{rest}")
+}
+
 fn base36(mut n: u64) -> String {
     const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
     let mut out = Vec::new();

@@ -10,10 +10,15 @@
 //! may pass the time from a [`Clock`](sluice_core::Clock) instead. What happens when Redis is unreachable is not
 //! this crate's business: wrap the store in sluice-store's failure handling.
 //!
+//! [`RedisQueues`] implements sluice-store's queue contract with the same library: waiting
+//! in line for limits, one line shared by every process on the Redis.
+//!
 //! This crate does not pick a failure policy, spawn tasks or read configuration.
 
 mod keys;
+mod queue;
 mod store;
 
 pub use keys::{HashTag, MAX_SPAN_NANOS};
+pub use queue::RedisQueues;
 pub use store::{RedisError, RedisStore};

@@ -569,4 +569,326 @@ local function call(KEYS, ARGV)
   return redis.error_reply('sluice: unknown operation ' .. tostring(op))
 end
 
+
+-- ---- Lines: waiting in line for the limits of a line (sluice-store's QueueStore) --------
+--
+-- A line is one key holding a JSON document: the waiters in arrival order, each
+-- priority's tenants in their round order, unread outcomes, counts. The rules are
+-- sluice-core's queue.rs exactly (highest priority first, tenants in turns within a
+-- priority, arrival within a tenant; a full line's overflow strategy; deadlines; pause),
+-- and the conformance suite compares the two. Each operation reads and writes the whole
+-- document: O(waiters), fine for lines of thousands.
+--
+-- KEYS: the line's limits' keys (as for 'check'), then the line's key, last.
+-- ARGV: op (join serve status leave pause resume stats), now ('' = Redis TIME), min_ttl_ms,
+-- max_length, overflow (r d e), max_outcomes, priority, tenant ('' none, else '=' name),
+-- max_wait, cost, ticket, then the line's limits, 6 values each as for 'check'.
+-- Replies: join: {'g', 9 values per limit} | {'w', ticket} | {'r', 'overflow'|'paused'};
+-- serve: {now, next_at or '', granted tickets...}; status and leave: {'w'} | {'g', 9 values
+-- per limit} | {'t'} (timed out) | {'e'} (evicted) | {'l'} (too large) | {'u'} (unknown);
+-- stats: {paused, granted, overflow, paused refusals, timed out, evicted, how long the
+-- first to join has waited (ns) or '', then priority, count pairs, highest first}.
+
+local line, line_limits
+
+local function set_now(text)
+  if text == '' then
+    local t = redis.call('TIME')
+    now_s, now_n = tonumber(t[1]), tonumber(t[2]) * 1000
+  elseif #text > 9 then
+    now_s, now_n = tonumber(string.sub(text, 1, -10)), tonumber(string.sub(text, -9))
+  else
+    now_s, now_n = 0, tonumber(text)
+  end
+  now_text = nil
+  now_text = absolute(0)
+end
+
+-- Checks `c` units against every limit of the line; debits all of them only if all allow.
+-- Returns whether all allowed, whether one can never admit `c`, the longest retry of the
+-- refusing ones (nil when one of them cannot say), and the 9 reply values per limit.
+local function check_line(c)
+  states, reply = {}, {}
+  local dirty, all, exceeds, retry = {}, true, false, 0
+  for _, p in ipairs(line_limits) do
+    if states[p.key] == nil then states[p.key] = p.algo.load(redis.call('GET', keys[p.key])) end
+  end
+  for _, p in ipairs(line_limits) do
+    local d = p.algo.decide(p, states[p.key], c)
+    local at, id = '', '0'
+    if d.allowed then
+      id = p.algo.apply(p, states[p.key], c)
+      at = now_text
+      dirty[p.key] = p
+    else
+      all = false
+      if d.exceeds then exceeds = true end
+      if retry and d.retry >= 0 then
+        if d.retry > retry then retry = d.retry end
+      else
+        retry = nil
+      end
+    end
+    push(d, 0, at, id)
+  end
+  if all then for _, p in pairs(dirty) do store(p) end end
+  return all, exceeds, retry, reply
+end
+
+local function has_tenant(priority, tenant)
+  for _, w in ipairs(line.w) do
+    if w[2] == priority and w[3] == tenant then return true end
+  end
+  return false
+end
+
+local function round(priority) return line.r[tostring(priority)] end
+
+-- Takes waiter `id` out; its tenant leaves its round if it has no one else waiting.
+local function take(id)
+  for i, w in ipairs(line.w) do
+    if w[1] == id then
+      table.remove(line.w, i)
+      if not has_tenant(w[2], w[3]) then
+        local r = round(w[2])
+        for j, t in ipairs(r) do
+          if t == w[3] then table.remove(r, j); break end
+        end
+        if #r == 0 then line.r[tostring(w[2])] = nil end
+      end
+      return w
+    end
+  end
+end
+
+local function finish(id, status, values)
+  -- Numbers as decimal text: cjson keeps only 14 significant digits of a number.
+  local kept = {}
+  for i, v in ipairs(values or {}) do
+    kept[i] = type(v) == 'number' and string.format('%d', v) or v
+  end
+  table.insert(line.o, { id, status, kept })
+  while #line.o > line.max_o do table.remove(line.o, 1) end
+end
+
+local function top_priority()
+  local top
+  for k, _ in pairs(line.r) do
+    local p = tonumber(k)
+    if top == nil or p > top then top = p end
+  end
+  return top
+end
+
+local function head()
+  local p = top_priority()
+  if p == nil then return nil end
+  local tenant = round(p)[1]
+  for _, w in ipairs(line.w) do
+    if w[2] == p and w[3] == tenant then return w end
+  end
+end
+
+-- Serves the head: it leaves, and its tenant goes to the end of the round if it has more.
+local function pop_head()
+  local w = head()
+  take(w[1])
+  local r = round(w[2])
+  if r and r[1] == w[3] then
+    table.remove(r, 1)
+    table.insert(r, w[3])
+  end
+  return w
+end
+
+local function next_deadline()
+  local soonest
+  for _, w in ipairs(line.w) do
+    local d = offset(w[4])
+    if soonest == nil or d < soonest then soonest = d end
+  end
+  return soonest
+end
+
+local function expire()
+  local due = {}
+  for _, w in ipairs(line.w) do
+    if offset(w[4]) <= 0 then table.insert(due, w) end
+  end
+  table.sort(due, function(a, b)
+    local da, db = offset(a[4]), offset(b[4])
+    if da ~= db then return da < db end
+    return a[1] < b[1]
+  end)
+  for _, w in ipairs(due) do
+    take(w[1])
+    line.st[4] = line.st[4] + 1
+    finish(w[1], 't')
+  end
+end
+
+-- Times out, then grants from the head while the limits admit it. Returns the granted
+-- tickets and the next instant to serve (an offset, or nil).
+local function serve_line()
+  local granted = {}
+  expire()
+  while true do
+    if line.p == 1 then return granted, next_deadline() end
+    local w = head()
+    if w == nil then return granted, nil end
+    local all, exceeds, retry, values = check_line(w[6])
+    if all then
+      pop_head()
+      line.st[1] = line.st[1] + 1
+      table.insert(granted, w[1])
+      finish(w[1], 'g', values)
+    elseif exceeds then
+      take(w[1])
+      finish(w[1], 'l')
+    else
+      local nd = next_deadline()
+      if retry == nil then return granted, nd end
+      if nd ~= nil and nd < retry then return granted, nd end
+      return granted, retry
+    end
+  end
+end
+
+local function read_status(id)
+  for i, o in ipairs(line.o) do
+    if o[1] == id then
+      table.remove(line.o, i)
+      local out = { o[2] }
+      for _, v in ipairs(o[3]) do table.insert(out, v) end
+      return out
+    end
+  end
+  for _, w in ipairs(line.w) do
+    if w[1] == id then return { 'w' } end
+  end
+  return { 'u' }
+end
+
+local function queue_call(KEYS, ARGV)
+  local qop = ARGV[1]
+  set_now(ARGV[2])
+  min_ttl_ms = tonumber(ARGV[3])
+  local count = (#ARGV - 11) / 6
+  keys = KEYS
+  line_limits = {}
+  for i = 1, count do
+    local b = 11 + (i - 1) * 6
+    line_limits[i] = {
+      key = tonumber(ARGV[b + 1]), algo = algorithms[ARGV[b + 2]],
+      limit = tonumber(ARGV[b + 3]), period = tonumber(ARGV[b + 4]),
+      burst = tonumber(ARGV[b + 5]), emission = tonumber(ARGV[b + 6]),
+    }
+  end
+  local line_key = KEYS[#KEYS]
+  local text = redis.call('GET', line_key)
+  if text then
+    line = cjson.decode(text)
+  else
+    line = { n = 0, p = 0, w = {}, r = {}, o = {}, st = { 0, 0, 0, 0, 0 } }
+  end
+  -- cjson turns empty arrays into empty objects and back: both are empty tables here.
+  line.max_len, line.ovf, line.max_o = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
+  local out
+
+  if qop == 'join' then
+    local priority, tenant, c = tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[10])
+    serve_line()
+    if #line.w == 0 and line.p == 0 then
+      local all, _, _, values = check_line(c)
+      if all then
+        line.st[1] = line.st[1] + 1
+        out = { 'g' }
+        for _, v in ipairs(values) do table.insert(out, v) end
+      end
+    end
+    if out == nil and #line.w >= line.max_len then
+      local victim
+      if line.p == 1 then
+        line.st[3] = line.st[3] + 1
+        out = { 'r', 'paused' }
+      elseif line.ovf == 'd' then
+        if line.w[1] then victim = line.w[1][1] end
+      elseif line.ovf == 'e' then
+        local lowest
+        for _, w in ipairs(line.w) do
+          if lowest == nil or w[2] < lowest then lowest = w[2] end
+        end
+        if lowest ~= nil and lowest < priority then
+          for _, w in ipairs(line.w) do
+            if w[2] == lowest and (victim == nil or w[1] > victim) then victim = w[1] end
+          end
+        end
+      end
+      if out == nil then
+        if victim == nil then
+          line.st[2] = line.st[2] + 1
+          out = { 'r', 'overflow' }
+        else
+          take(victim)
+          line.st[5] = line.st[5] + 1
+          finish(victim, 'e')
+        end
+      end
+    end
+    if out == nil then
+      local id = line.n
+      line.n = line.n + 1
+      local deadline = absolute(tonumber(ARGV[9]))
+      table.insert(line.w, { id, priority, tenant, deadline, now_text, c })
+      local key = tostring(priority)
+      if line.r[key] == nil then line.r[key] = {} end
+      local present = false
+      for _, t in ipairs(line.r[key]) do if t == tenant then present = true end end
+      if not present then table.insert(line.r[key], tenant) end
+      out = { 'w', tostring(id) }
+    end
+  elseif qop == 'serve' then
+    local granted, next_at = serve_line()
+    out = { now_text, next_at and absolute(next_at) or '' }
+    for _, id in ipairs(granted) do table.insert(out, tostring(id)) end
+  elseif qop == 'status' then
+    out = read_status(tonumber(ARGV[11]))
+  elseif qop == 'leave' then
+    local id = tonumber(ARGV[11])
+    if take(id) then out = { 'w' } else out = read_status(id) end
+  elseif qop == 'pause' or qop == 'resume' then
+    line.p = qop == 'pause' and 1 or 0
+    out = {}
+  elseif qop == 'stats' then
+    local oldest = line.w[1] and string.format('%d', -offset(line.w[1][5])) or ''
+    out = { line.p, line.st[1], line.st[2], line.st[3], line.st[4], line.st[5], oldest }
+    local ps = {}
+    for k, _ in pairs(line.r) do table.insert(ps, tonumber(k)) end
+    table.sort(ps, function(a, b) return a > b end)
+    for _, p in ipairs(ps) do
+      local n = 0
+      for _, w in ipairs(line.w) do if w[2] == p then n = n + 1 end end
+      table.insert(out, p)
+      table.insert(out, n)
+    end
+    return out
+  else
+    return redis.error_reply('sluice: unknown queue operation ' .. tostring(qop))
+  end
+
+  -- Keep the line past its last deadline; an idle line is small (its ticket counter, so
+  -- that no ticket is handed out twice, and its counts) and expires with the floor TTL.
+  local ttl = min_ttl_ms
+  local nd = next_deadline()
+  if nd ~= nil then
+    local ms = floor((nd + 999999) / 1000000) + 60000
+    if ms > ttl then ttl = ms end
+  end
+  if ttl < 60000 then ttl = 60000 end
+  line.max_len, line.ovf, line.max_o = nil, nil, nil
+  redis.call('SET', line_key, cjson.encode(line), 'PX', ttl)
+  return out
+end
+
 redis.register_function('sluice', call)
+redis.register_function('sluice_queue', queue_call)

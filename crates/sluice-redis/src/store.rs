@@ -11,14 +11,17 @@ use sluice_core::time::duration_nanos;
 use sluice_core::{Clock, Decision, Nanos, Policy, Ticket, Verdict};
 use sluice_store::{Limit, Reservation, Store};
 
-use crate::keys::{HashTag, code, redis_key, supported};
+use crate::keys::{HashTag, code, line_key, redis_key, supported};
 
 /// The function library with every algorithm; loaded once per server (`FUNCTION LOAD`),
 /// then called by name (`FCALL`), so that a call pays for no Lua definitions.
 const LIBRARY: &str = include_str!("sluice.lua");
 
-/// The function the library registers.
+/// The function the library registers for limits.
 const FUNCTION: &str = "sluice";
+
+/// The function the library registers for lines (see [`crate::RedisQueues`]).
+const QUEUE_FUNCTION: &str = "sluice_queue";
 
 /// Values per limit in the script's reply.
 const FIELDS: usize = 9;
@@ -196,26 +199,7 @@ impl RedisStore {
             min_ttl_ms.to_string(),
         ];
         for (key, policy, ticket) in limits {
-            supported(policy).map_err(|reason| RedisError::UnsupportedPolicy {
-                policy: **policy,
-                reason,
-            })?;
-            let name = redis_key(&self.prefix, &self.tag, key, policy);
-            let index = match keys.iter().position(|k| *k == name) {
-                Some(i) => i + 1,
-                None => {
-                    keys.push(name);
-                    keys.len()
-                }
-            };
-            args.extend([
-                index.to_string(),
-                code(policy.algorithm()).to_owned(),
-                policy.limit().to_string(),
-                policy.period_nanos().to_string(),
-                policy.burst().to_string(),
-                policy.emission_nanos().to_string(),
-            ]);
+            self.limit_args(key, policy, &mut keys, &mut args)?;
             if let Some(ticket) = ticket {
                 args.extend([
                     ticket.cost.to_string(),
@@ -233,6 +217,75 @@ impl RedisStore {
             .transpose()?
             .ok_or_else(|| RedisError::Reply("missing now".into()))?;
         Ok((reply, Nanos::new(now)))
+    }
+
+    /// Adds a limit's key (once) and its 6 arguments, as the library reads them.
+    fn limit_args(
+        &self,
+        key: &sluice_core::Key,
+        policy: &Policy,
+        keys: &mut Vec<String>,
+        args: &mut Vec<String>,
+    ) -> Result<(), RedisError> {
+        supported(policy).map_err(|reason| RedisError::UnsupportedPolicy {
+            policy: *policy,
+            reason,
+        })?;
+        let name = redis_key(&self.prefix, &self.tag, key, policy);
+        let index = match keys.iter().position(|k| *k == name) {
+            Some(i) => i + 1,
+            None => {
+                keys.push(name);
+                keys.len()
+            }
+        };
+        args.extend([
+            index.to_string(),
+            code(policy.algorithm()).to_owned(),
+            policy.limit().to_string(),
+            policy.period_nanos().to_string(),
+            policy.burst().to_string(),
+            policy.emission_nanos().to_string(),
+        ]);
+        Ok(())
+    }
+
+    /// Runs one operation of the library's line function: `head` is the operation's own
+    /// arguments (after op and now), then the line's limits; the line's key goes last in
+    /// KEYS.
+    pub(crate) async fn run_queue(
+        &self,
+        op: &str,
+        line_name: &sluice_core::Key,
+        limits: &[Limit<'_>],
+        head: &[String],
+    ) -> Result<Vec<Value>, RedisError> {
+        let (now, min_ttl_ms) = match &self.timeline {
+            Timeline::Redis => (String::new(), 0),
+            Timeline::Clock(clock) => (clock.now().as_u64().to_string(), 86_400_000),
+        };
+        if let Connection::Cluster(_) = &self.connection {
+            let first = self.tag.of(line_name);
+            if let Some(other) = limits.iter().find(|l| self.tag.of(l.key) != first) {
+                return Err(RedisError::CrossSlot {
+                    first: first.to_owned(),
+                    other: self.tag.of(other.key).to_owned(),
+                });
+            }
+        }
+        let mut keys: Vec<String> = Vec::with_capacity(limits.len() + 1);
+        let mut args: Vec<String> = vec![op.to_owned(), now, min_ttl_ms.to_string()];
+        args.extend(head.iter().cloned());
+        for limit in limits {
+            self.limit_args(limit.key, limit.policy, &mut keys, &mut args)?;
+        }
+        keys.push(line_key(&self.prefix, &self.tag, line_name));
+        let mut call = redis::cmd("FCALL");
+        call.arg(QUEUE_FUNCTION)
+            .arg(keys.len())
+            .arg(&keys)
+            .arg(&args);
+        self.call(&call).await
     }
 
     /// Sends `call`; if the server has lost the library (a restart, a failover, a
@@ -265,42 +318,8 @@ impl RedisStore {
     ) -> Result<(Verdict, Vec<Option<Ticket>>, Nanos), RedisError> {
         let args: Vec<_> = limits.iter().map(|l| (l.key, l.policy, None)).collect();
         let (reply, now) = self.run(op, &args, cost, max_wait).await?;
-        if reply.len() != limits.len() * FIELDS {
-            return Err(RedisError::Reply(format!(
-                "{} values for {} limits",
-                reply.len(),
-                limits.len()
-            )));
-        }
-        let mut decisions = Vec::with_capacity(limits.len());
-        let mut tickets = Vec::with_capacity(limits.len());
-        for fields in reply.chunks(FIELDS) {
-            let n = |i: usize| number(&fields[i]);
-            let (allowed, limit, remaining, reset) = (n(0)? == 1, n(1)?, n(2)?, n(3)?);
-            let reset = Duration::from_nanos(reset);
-            let decision = if allowed {
-                Decision::allow(limit, remaining, reset)
-            } else if n(5)? == 1 {
-                Decision::exceeds_capacity(limit, remaining, reset)
-            } else {
-                Decision::deny(limit, remaining, reset, Duration::from_nanos(n(4)?))
-            };
-            let at = text(&fields[7])?;
-            tickets.push(if at.is_empty() {
-                None
-            } else {
-                Some(Ticket {
-                    cost,
-                    at: Nanos::new(parse(&at)?),
-                    lease: match text(&fields[8])?.as_str() {
-                        "" => 0,
-                        lease => parse(lease)?,
-                    },
-                })
-            });
-            decisions.push(decision);
-        }
-        Ok((Verdict::from_decisions(decisions), tickets, now))
+        let (verdict, tickets) = verdict_of(&reply, limits.len(), cost)?;
+        Ok((verdict, tickets, now))
     }
 
     async fn adjust(
@@ -319,6 +338,49 @@ impl RedisStore {
             .collect();
         self.run(op, &args, cost, Duration::ZERO).await.map(|_| ())
     }
+}
+
+/// The verdict (and each limit's ticket) in `reply`: 9 values per limit.
+pub(crate) fn verdict_of(
+    reply: &[Value],
+    limits: usize,
+    cost: u64,
+) -> Result<(Verdict, Vec<Option<Ticket>>), RedisError> {
+    if reply.len() != limits * FIELDS {
+        return Err(RedisError::Reply(format!(
+            "{} values for {limits} limits",
+            reply.len()
+        )));
+    }
+    let mut decisions = Vec::with_capacity(limits);
+    let mut tickets = Vec::with_capacity(limits);
+    for fields in reply.chunks(FIELDS) {
+        let n = |i: usize| number(&fields[i]);
+        let (allowed, limit, remaining, reset) = (n(0)? == 1, n(1)?, n(2)?, n(3)?);
+        let reset = Duration::from_nanos(reset);
+        let decision = if allowed {
+            Decision::allow(limit, remaining, reset)
+        } else if n(5)? == 1 {
+            Decision::exceeds_capacity(limit, remaining, reset)
+        } else {
+            Decision::deny(limit, remaining, reset, Duration::from_nanos(n(4)?))
+        };
+        let at = text(&fields[7])?;
+        tickets.push(if at.is_empty() {
+            None
+        } else {
+            Some(Ticket {
+                cost,
+                at: Nanos::new(parse(&at)?),
+                lease: match text(&fields[8])?.as_str() {
+                    "" => 0,
+                    lease => parse(lease)?,
+                },
+            })
+        });
+        decisions.push(decision);
+    }
+    Ok((Verdict::from_decisions(decisions), tickets))
 }
 
 fn missing_library(err: &redis::RedisError) -> bool {

@@ -96,3 +96,104 @@ async fn a_cluster_spreads_domains_and_refuses_cross_domain_requests_clearly() {
         .remaining;
     assert_eq!(left, 1);
 }
+
+#[tokio::test]
+async fn redis_queues_match_the_queue_model_on_generated_sequences() {
+    let server = RedisServer::spawn().expect("redis-server");
+    let url = server.url();
+    let config = Config {
+        cases: 128,
+        max_ops: 80,
+        ..Config::default()
+    };
+    conformance::queue::run(&config, |clock| {
+        let url = url.clone();
+        async move { sluice_redis::RedisQueues::new(store(url, clock).await) }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn redis_cluster_queues_match_the_queue_model() {
+    let cluster = RedisCluster::spawn(3).expect("a local redis cluster");
+    let urls = cluster.urls();
+    let config = Config {
+        cases: 16,
+        max_ops: 60,
+        ..Config::default()
+    };
+    conformance::queue::run(&config, |clock| {
+        let urls = urls.clone();
+        async move {
+            sluice_redis::RedisQueues::new(
+                RedisStore::connect_cluster(&urls)
+                    .await
+                    .expect("connect to the test cluster")
+                    .with_clock(clock)
+                    .with_hash_tag(HashTag::Constant("conformance".into()))
+                    .isolated(),
+            )
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_redis_line_serves_tenants_in_turns_one_every_500ms() {
+    use sluice_core::queue::{Overflow, QueueConfig};
+    use sluice_store::queue::{Joined, Line, QueueStore, Request};
+
+    let server = RedisServer::spawn().expect("redis-server");
+    let clock = ManualClock::new(sluice_core::Nanos::new(3_600_000_000_000));
+    let queues = sluice_redis::RedisQueues::new(store(server.url(), clock.clone()).await);
+    let key = Key::new("api", [("user", "42")]).unwrap();
+    let policy = Policy::parse("gcra", "2/s").unwrap();
+    let limits = [Limit::new(&key, &policy)];
+    let line = Line {
+        key: &key,
+        limits: &limits,
+        config: QueueConfig {
+            max_length: 5,
+            overflow: Overflow::RejectNew,
+        },
+    };
+    let join = |tenant: &'static str| {
+        let queues = &queues;
+        async move {
+            queues
+                .join(
+                    line,
+                    Request {
+                        cost: 1,
+                        priority: 0,
+                        tenant: Some(tenant),
+                        max_wait: std::time::Duration::from_secs(10),
+                    },
+                )
+                .await
+                .unwrap()
+        }
+    };
+    // 2/s: two at once, then in line.
+    assert!(matches!(join("x").await, Joined::Granted(_)));
+    assert!(matches!(join("x").await, Joined::Granted(_)));
+    let mut tickets = Vec::new();
+    for tenant in ["a", "a", "a", "b"] {
+        let Joined::Waiting(ticket) = join(tenant).await else {
+            panic!("in line")
+        };
+        tickets.push(ticket);
+    }
+    let mut order = Vec::new();
+    for _ in 0..4 {
+        clock.advance(std::time::Duration::from_millis(500));
+        let served = queues.serve(line).await.unwrap();
+        assert_eq!(served.granted.len(), 1, "one every 500 ms");
+        order.extend(served.granted);
+    }
+    assert_eq!(
+        order,
+        [tickets[0], tickets[3], tickets[1], tickets[2]],
+        "a, b, then a again"
+    );
+}

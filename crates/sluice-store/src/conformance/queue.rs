@@ -53,13 +53,15 @@ enum Op {
 }
 
 fn op() -> impl Strategy<Value = Op> {
+    // Few priorities and several tenants, so that lines of one priority and several
+    // tenants form often, and their turns decide the grants.
     prop_oneof![
-        5 => (0_i32..3, proptest::option::of(0_u8..2), 1_u64..3, 0_u64..3000)
+        6 => (0_i32..2, proptest::option::of(0_u8..3), 1_u64..3, 0_u64..4000)
             .prop_map(|(priority, tenant, cost, wait)| Op::Join { priority, tenant, cost, wait }),
         3 => Just(Op::Serve),
         2 => any::<usize>().prop_map(Op::Status),
         1 => any::<usize>().prop_map(Op::Leave),
-        3 => (1_u64..800).prop_map(Op::Advance),
+        3 => (1_u64..700).prop_map(Op::Advance),
         1 => Just(Op::Pause),
         1 => Just(Op::Resume),
     ]
@@ -182,7 +184,7 @@ where
         TestRng::from_seed(RngAlgorithm::ChaCha, &seed),
     );
     let strategy = (
-        0_usize..6,
+        0_usize..10,
         overflow(),
         1_u8..4,
         vec(op(), 1..=config.max_ops.max(1)),
@@ -232,7 +234,7 @@ where
         outcomes: HashMap::new(),
         limits: Model::new(),
     };
-    let names = ["t0", "t1"];
+    let names = ["t0", "t1", "t2"];
     // The n-th join's ticket in the store and in the model, when it waited.
     let mut tickets: Vec<Option<(QueueTicket, u64)>> = Vec::new();
     // Store ticket -> model id, to compare the grants of a serve.
