@@ -211,8 +211,8 @@ pub struct Grant {
 /// [`leave`](QueueStore::leave) instead, since a ticket granted after its waiter is gone
 /// debits its limits for nobody.
 ///
-/// `sleep` waits until an instant on the store's timeline; tests drive it with a manual
-/// clock.
+/// `sleep` waits the given time (measured on the store's timeline: the caller's own clock
+/// need not agree with Redis `TIME`); tests drive it with a manual clock.
 pub async fn acquire<Q, S, F>(
     store: &Q,
     line: Line<'_>,
@@ -222,7 +222,7 @@ pub async fn acquire<Q, S, F>(
 ) -> Result<Grant, AcquireError<Q::Error>>
 where
     Q: QueueStore,
-    S: FnMut(Nanos) -> F,
+    S: FnMut(Duration) -> F,
     F: Future<Output = ()>,
 {
     let joined = store
@@ -268,7 +268,7 @@ where
             .now
             .plus_nanos(sluice_core::time::duration_nanos(poll));
         let wake = served.next_at.unwrap_or(polled).min(polled).min(deadline);
-        sleep(wake.max(served.now)).await;
+        sleep(wake.saturating_since(served.now)).await;
     }
 }
 

@@ -215,13 +215,9 @@ async fn acquire_waits_its_turn_and_gives_up_at_max_wait() {
     let limits = fixture.limits();
     let line = fixture.line(&limits, 5, Overflow::RejectNew);
     let request = |max_wait| request(0, None, max_wait);
-    let sleep = |until: Nanos| {
+    let sleep = |wait: Duration| {
         let clock = Arc::clone(&clock);
-        async move {
-            if until > clock.now() {
-                clock.set(until);
-            }
-        }
+        async move { clock.advance(wait) }
     };
     for _ in 0..2 {
         let grant = acquire(&q, line, request(ms(0)), ms(100), sleep)
