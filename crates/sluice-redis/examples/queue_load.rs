@@ -97,15 +97,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     // The line's size once everyone has joined.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let memory = server
-        .command(&[
-            "MEMORY",
-            "USAGE",
-            "sl:{queue-load}:q:|line=one",
-            "SAMPLES",
-            "0",
-        ])
-        .unwrap_or_default();
+    let memory: f64 = ["m", "w", "r", "t", "f", "d", "i", "p", "c", "o", "l"]
+        .iter()
+        .map(|part| {
+            let key = format!("sl:{{queue-load}}:q:|line=one:{part}");
+            server
+                .command(&["MEMORY", "USAGE", &key, "SAMPLES", "0"])
+                .unwrap_or_default()
+                .trim()
+                .parse::<f64>()
+                .unwrap_or(0.0)
+        })
+        .sum();
     for task in tasks {
         task.await?;
     }
@@ -115,7 +118,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let grants = granted.load(Ordering::Relaxed);
     #[allow(clippy::cast_precision_loss, reason = "figures for a table")]
     let (per_grant, per_second) = (calls as f64 / grants.max(1) as f64, calls as f64 / elapsed);
-    let memory: f64 = memory.trim().parse().unwrap_or(0.0);
     #[allow(clippy::cast_precision_loss, reason = "figures for a table")]
     let per_waiter = memory / waiters.max(1) as f64;
     println!();

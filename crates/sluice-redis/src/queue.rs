@@ -14,13 +14,10 @@ use crate::store::{RedisError, RedisStore, verdict_of};
 /// is one `FCALL` of the library's line function, atomic on the line and its limits (which
 /// share a cluster slot: the line's key takes the hash tag of its name, as limits do).
 ///
-/// A line lives in one key (a JSON document of its waiters, rounds and unread outcomes):
-/// every operation reads and writes it whole, O(waiters). Measured with the `queue_load`
-/// example: with 100 waiters on a `10/s` line a call costs Redis ~170 µs; with 1,000 it
-/// costs ~840 µs and, with every waiter's [`acquire`](sluice_store::queue::acquire)
-/// polling every 100 ms, Redis saturates and only the burst is granted. Fine for short
-/// lines today; a layout in sorted sets (O(log n) per call) and wake-ups by pub/sub instead
-/// of polling are the next steps.
+/// A line lives in eleven keys (hashes, sorted sets and a list; see `sluice.lua`), so that
+/// every operation is O(log n) in its waiters. Waiters poll (each wakes at most every
+/// `poll` of [`acquire`](sluice_store::queue::acquire)): the `queue_load` example measures
+/// what that costs Redis; wake-ups by pub/sub instead of polling are the next step.
 #[derive(Clone, Debug)]
 pub struct RedisQueues {
     store: RedisStore,

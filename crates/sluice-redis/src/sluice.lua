@@ -572,14 +572,25 @@ end
 
 -- ---- Lines: waiting in line for the limits of a line (sluice-store's QueueStore) --------
 --
--- A line is one key holding a JSON document: the waiters in arrival order, each
--- priority's tenants in their round order, unread outcomes, counts. The rules are
--- sluice-core's queue.rs exactly (highest priority first, tenants in turns within a
--- priority, arrival within a tenant; a full line's overflow strategy; deadlines; pause),
--- and the conformance suite compares the two. Each operation reads and writes the whole
--- document: O(waiters), fine for lines of thousands.
+-- The rules are sluice-core's queue.rs exactly (highest priority first, tenants in turns
+-- within a priority, arrival within a tenant; a full line's overflow strategy; deadlines;
+-- pause), and the conformance suite compares the two. A line is eleven keys, so that every
+-- operation is O(log n) in the waiters:
+--   m  HASH   n (next id), s (next round place), p (paused), g ov pr to ev (counts)
+--   w  HASH   id -> priority|tenant|deadline|joined|cost
+--   r  ZSET   the rounds, by lex: priority key : place : tenant (first = served next)
+--   t  HASH   priority key : tenant -> its place in the round
+--   f  ZSET   each tenant's waiters, by lex: priority key : tenant : id
+--   d  ZSET   deadlines, by lex: deadline (20 digits) : id
+--   i  ZSET   ids by arrival (score = id)
+--   p  ZSET   each priority's ids, by lex: priority key : id
+--   c  HASH   priority -> waiters
+--   o  HASH   id -> unread outcome (g|9 values per limit, t, e, l)
+--   l  LIST   outcome ids, oldest first (to forget the oldest beyond the bound)
+-- A priority key is 2^31 - 1 - priority in 8 hex digits (higher priority sorts first), a
+-- tenant is hex-encoded ('' for none), ids and places are 16 hex digits.
 --
--- KEYS: the line's limits' keys (as for 'check'), then the line's key, last.
+-- KEYS: the line's limits' keys (as for 'check'), then the eleven line keys in that order.
 -- ARGV: op (join serve status leave pause resume stats), now ('' = Redis TIME), min_ttl_ms,
 -- max_length, overflow (r d e), max_outcomes, priority, tenant ('' none, else '=' name),
 -- max_wait, cost, ticket, then the line's limits, 6 values each as for 'check'.
@@ -589,7 +600,7 @@ end
 -- stats: {paused, granted, overflow, paused refusals, timed out, evicted, how long the
 -- first to join has waited (ns) or '', then priority, count pairs, highest first}.
 
-local line, line_limits
+local line_limits, LK
 
 local function set_now(text)
   if text == '' then
@@ -635,116 +646,132 @@ local function check_line(c)
   return all, exceeds, retry, reply
 end
 
-local function has_tenant(priority, tenant)
-  for _, w in ipairs(line.w) do
-    if w[2] == priority and w[3] == tenant then return true end
-  end
-  return false
+local function hex16(n) return string.format('%016x', n) end
+local function pkey(priority) return string.format('%08x', 2147483647 - priority) end
+local function enc(tenant)
+  return (string.gsub(tenant, '.', function(ch) return string.format('%02x', string.byte(ch)) end))
+end
+local function pad20(text) return string.rep('0', 20 - #text) .. text end
+local function strip(text)
+  local t = string.gsub(text, '^0+', '')
+  if t == '' then return '0' end
+  return t
+end
+local function split(text)
+  local out = {}
+  for part in string.gmatch(text .. '|', '([^|]*)|') do table.insert(out, part) end
+  return out
 end
 
-local function round(priority) return line.r[tostring(priority)] end
+-- The waiter `idh` (16 hex digits), or nil.
+local function waiter(idh)
+  local v = redis.call('HGET', LK.w, idh)
+  if not v then return nil end
+  local f = split(v)
+  return { idh = idh, id = tonumber(idh, 16), priority = tonumber(f[1]), pk = pkey(tonumber(f[1])),
+           te = f[2], deadline = f[3], joined = f[4], cost = tonumber(f[5]) }
+end
 
--- Takes waiter `id` out; its tenant leaves its round if it has no one else waiting.
-local function take(id)
-  for i, w in ipairs(line.w) do
-    if w[1] == id then
-      table.remove(line.w, i)
-      if not has_tenant(w[2], w[3]) then
-        local r = round(w[2])
-        for j, t in ipairs(r) do
-          if t == w[3] then table.remove(r, j); break end
-        end
-        if #r == 0 then line.r[tostring(w[2])] = nil end
-      end
-      return w
+local function tenant_has_more(pk, te)
+  return #redis.call('ZRANGEBYLEX', LK.f, '[' .. pk .. ':' .. te .. ':', '(' .. pk .. ':' .. te .. ';', 'LIMIT', 0, 1) > 0
+end
+
+-- Takes a waiter out; its tenant leaves the round if it has no one else waiting.
+local function take(idh)
+  local w = waiter(idh)
+  if not w then return nil end
+  redis.call('HDEL', LK.w, idh)
+  redis.call('ZREM', LK.f, w.pk .. ':' .. w.te .. ':' .. idh)
+  redis.call('ZREM', LK.d, w.deadline .. ':' .. idh)
+  redis.call('ZREM', LK.i, idh)
+  redis.call('ZREM', LK.p, w.pk .. ':' .. idh)
+  if redis.call('HINCRBY', LK.c, w.priority, -1) <= 0 then redis.call('HDEL', LK.c, w.priority) end
+  if not tenant_has_more(w.pk, w.te) then
+    local place = redis.call('HGET', LK.t, w.pk .. ':' .. w.te)
+    if place then
+      redis.call('ZREM', LK.r, w.pk .. ':' .. place .. ':' .. w.te)
+      redis.call('HDEL', LK.t, w.pk .. ':' .. w.te)
     end
   end
+  return w
 end
 
-local function finish(id, status, values)
-  -- Numbers as decimal text: cjson keeps only 14 significant digits of a number.
-  local kept = {}
-  for i, v in ipairs(values or {}) do
-    kept[i] = type(v) == 'number' and string.format('%d', v) or v
-  end
-  table.insert(line.o, { id, status, kept })
-  while #line.o > line.max_o do table.remove(line.o, 1) end
+local function next_place()
+  return hex16(redis.call('HINCRBY', LK.m, 's', 1) - 1)
 end
 
-local function top_priority()
-  local top
-  for k, _ in pairs(line.r) do
-    local p = tonumber(k)
-    if top == nil or p > top then top = p end
+local function join_round(pk, te)
+  local place = next_place()
+  redis.call('ZADD', LK.r, 0, pk .. ':' .. place .. ':' .. te)
+  redis.call('HSET', LK.t, pk .. ':' .. te, place)
+end
+
+local function finish(idh, text, max_o)
+  redis.call('HSET', LK.o, idh, text)
+  redis.call('RPUSH', LK.l, idh)
+  while redis.call('LLEN', LK.l) > max_o do
+    redis.call('HDEL', LK.o, redis.call('LPOP', LK.l))
   end
-  return top
 end
 
 local function head()
-  local p = top_priority()
-  if p == nil then return nil end
-  local tenant = round(p)[1]
-  for _, w in ipairs(line.w) do
-    if w[2] == p and w[3] == tenant then return w end
-  end
+  local first = redis.call('ZRANGE', LK.r, 0, 0)[1]
+  if not first then return nil end
+  local pk, te = string.sub(first, 1, 8), string.sub(first, 27)
+  local member = redis.call('ZRANGEBYLEX', LK.f, '[' .. pk .. ':' .. te .. ':', '(' .. pk .. ':' .. te .. ';', 'LIMIT', 0, 1)[1]
+  if not member then return nil end
+  return waiter(string.sub(member, -16)), first
 end
 
 -- Serves the head: it leaves, and its tenant goes to the end of the round if it has more.
 local function pop_head()
-  local w = head()
-  take(w[1])
-  local r = round(w[2])
-  if r and r[1] == w[3] then
-    table.remove(r, 1)
-    table.insert(r, w[3])
+  local w, member = head()
+  take(w.idh)
+  if tenant_has_more(w.pk, w.te) then
+    redis.call('ZREM', LK.r, member)
+    join_round(w.pk, w.te)
   end
   return w
 end
 
 local function next_deadline()
-  local soonest
-  for _, w in ipairs(line.w) do
-    local d = offset(w[4])
-    if soonest == nil or d < soonest then soonest = d end
-  end
-  return soonest
+  local first = redis.call('ZRANGE', LK.d, 0, 0)[1]
+  if not first then return nil end
+  return offset(strip(string.sub(first, 1, 20)))
 end
 
-local function expire()
-  local due = {}
-  for _, w in ipairs(line.w) do
-    if offset(w[4]) <= 0 then table.insert(due, w) end
-  end
-  table.sort(due, function(a, b)
-    local da, db = offset(a[4]), offset(b[4])
-    if da ~= db then return da < db end
-    return a[1] < b[1]
-  end)
-  for _, w in ipairs(due) do
-    take(w[1])
-    line.st[4] = line.st[4] + 1
-    finish(w[1], 't')
+local function meta_add(field, n) redis.call('HINCRBY', LK.m, field, n) end
+
+local function expire(max_o)
+  local due = redis.call('ZRANGEBYLEX', LK.d, '-', '[' .. pad20(now_text) .. ':~')
+  for _, member in ipairs(due) do
+    local idh = string.sub(member, -16)
+    take(idh)
+    meta_add('to', 1)
+    finish(idh, 't', max_o)
   end
 end
 
--- Times out, then grants from the head while the limits admit it. Returns the granted
--- tickets and the next instant to serve (an offset, or nil).
-local function serve_line()
+local function serve_line(max_o)
   local granted = {}
-  expire()
+  expire(max_o)
   while true do
-    if line.p == 1 then return granted, next_deadline() end
+    if redis.call('HGET', LK.m, 'p') == '1' then return granted, next_deadline() end
     local w = head()
     if w == nil then return granted, nil end
-    local all, exceeds, retry, values = check_line(w[6])
+    local all, exceeds, retry, values = check_line(w.cost)
     if all then
       pop_head()
-      line.st[1] = line.st[1] + 1
-      table.insert(granted, w[1])
-      finish(w[1], 'g', values)
+      meta_add('g', 1)
+      table.insert(granted, w.id)
+      local text = { 'g' }
+      for _, v in ipairs(values) do
+        table.insert(text, type(v) == 'number' and string.format('%d', v) or v)
+      end
+      finish(w.idh, table.concat(text, '|'), max_o)
     elseif exceeds then
-      take(w[1])
-      finish(w[1], 'l')
+      take(w.idh)
+      finish(w.idh, 'l', max_o)
     else
       local nd = next_deadline()
       if retry == nil then return granted, nd end
@@ -754,25 +781,23 @@ local function serve_line()
   end
 end
 
-local function read_status(id)
-  for i, o in ipairs(line.o) do
-    if o[1] == id then
-      table.remove(line.o, i)
-      local out = { o[2] }
-      for _, v in ipairs(o[3]) do table.insert(out, v) end
-      return out
-    end
+local function read_status(idh)
+  local o = redis.call('HGET', LK.o, idh)
+  if o then
+    redis.call('HDEL', LK.o, idh)
+    return split(o)
   end
-  for _, w in ipairs(line.w) do
-    if w[1] == id then return { 'w' } end
-  end
+  if redis.call('HEXISTS', LK.w, idh) == 1 then return { 'w' } end
   return { 'u' }
 end
+
+local LINE_KEYS = { 'm', 'w', 'r', 't', 'f', 'd', 'i', 'p', 'c', 'o', 'l' }
 
 local function queue_call(KEYS, ARGV)
   local qop = ARGV[1]
   set_now(ARGV[2])
   min_ttl_ms = tonumber(ARGV[3])
+  local max_len, ovf, max_o = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
   local count = (#ARGV - 11) / 6
   keys = KEYS
   line_limits = {}
@@ -784,109 +809,111 @@ local function queue_call(KEYS, ARGV)
       burst = tonumber(ARGV[b + 5]), emission = tonumber(ARGV[b + 6]),
     }
   end
-  local line_key = KEYS[#KEYS]
-  local text = redis.call('GET', line_key)
-  if text then
-    line = cjson.decode(text)
-  else
-    line = { n = 0, p = 0, w = {}, r = {}, o = {}, st = { 0, 0, 0, 0, 0 } }
-  end
-  -- cjson turns empty arrays into empty objects and back: both are empty tables here.
-  line.max_len, line.ovf, line.max_o = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
+  LK = {}
+  local first = #KEYS - #LINE_KEYS
+  for i, name in ipairs(LINE_KEYS) do LK[name] = KEYS[first + i] end
   local out
+  local writes = true
 
   if qop == 'join' then
-    local priority, tenant, c = tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[10])
-    serve_line()
-    if #line.w == 0 and line.p == 0 then
+    local priority, te, c = tonumber(ARGV[7]), enc(ARGV[8]), tonumber(ARGV[10])
+    serve_line(max_o)
+    local waiting = redis.call('HLEN', LK.w)
+    local paused = redis.call('HGET', LK.m, 'p') == '1'
+    if waiting == 0 and not paused then
       local all, _, _, values = check_line(c)
       if all then
-        line.st[1] = line.st[1] + 1
+        meta_add('g', 1)
         out = { 'g' }
         for _, v in ipairs(values) do table.insert(out, v) end
       end
     end
-    if out == nil and #line.w >= line.max_len then
+    if out == nil and waiting >= max_len then
       local victim
-      if line.p == 1 then
-        line.st[3] = line.st[3] + 1
+      if paused then
+        meta_add('pr', 1)
         out = { 'r', 'paused' }
-      elseif line.ovf == 'd' then
-        if line.w[1] then victim = line.w[1][1] end
-      elseif line.ovf == 'e' then
+      elseif ovf == 'd' then
+        victim = redis.call('ZRANGE', LK.i, 0, 0)[1]
+      elseif ovf == 'e' then
         local lowest
-        for _, w in ipairs(line.w) do
-          if lowest == nil or w[2] < lowest then lowest = w[2] end
+        for _, p in ipairs(redis.call('HKEYS', LK.c)) do
+          local n = tonumber(p)
+          if lowest == nil or n < lowest then lowest = n end
         end
         if lowest ~= nil and lowest < priority then
-          for _, w in ipairs(line.w) do
-            if w[2] == lowest and (victim == nil or w[1] > victim) then victim = w[1] end
-          end
+          local pk = pkey(lowest)
+          local m = redis.call('ZREVRANGEBYLEX', LK.p, '(' .. pk .. ';', '[' .. pk .. ':', 'LIMIT', 0, 1)[1]
+          if m then victim = string.sub(m, -16) end
         end
       end
       if out == nil then
         if victim == nil then
-          line.st[2] = line.st[2] + 1
+          meta_add('ov', 1)
           out = { 'r', 'overflow' }
         else
           take(victim)
-          line.st[5] = line.st[5] + 1
-          finish(victim, 'e')
+          meta_add('ev', 1)
+          finish(victim, 'e', max_o)
         end
       end
     end
     if out == nil then
-      local id = line.n
-      line.n = line.n + 1
-      local deadline = absolute(tonumber(ARGV[9]))
-      table.insert(line.w, { id, priority, tenant, deadline, now_text, c })
-      local key = tostring(priority)
-      if line.r[key] == nil then line.r[key] = {} end
-      local present = false
-      for _, t in ipairs(line.r[key]) do if t == tenant then present = true end end
-      if not present then table.insert(line.r[key], tenant) end
+      local id = redis.call('HINCRBY', LK.m, 'n', 1) - 1
+      local idh, pk = hex16(id), pkey(priority)
+      local deadline = pad20(absolute(tonumber(ARGV[9])))
+      redis.call('HSET', LK.w, idh, priority .. '|' .. te .. '|' .. deadline .. '|' .. now_text .. '|' .. c)
+      redis.call('ZADD', LK.f, 0, pk .. ':' .. te .. ':' .. idh)
+      redis.call('ZADD', LK.d, 0, deadline .. ':' .. idh)
+      redis.call('ZADD', LK.i, id, idh)
+      redis.call('ZADD', LK.p, 0, pk .. ':' .. idh)
+      redis.call('HINCRBY', LK.c, priority, 1)
+      if redis.call('HEXISTS', LK.t, pk .. ':' .. te) == 0 then join_round(pk, te) end
       out = { 'w', tostring(id) }
     end
   elseif qop == 'serve' then
-    local granted, next_at = serve_line()
+    local granted, next_at = serve_line(max_o)
     out = { now_text, next_at and absolute(next_at) or '' }
     for _, id in ipairs(granted) do table.insert(out, tostring(id)) end
   elseif qop == 'status' then
-    out = read_status(tonumber(ARGV[11]))
+    out = read_status(hex16(tonumber(ARGV[11])))
   elseif qop == 'leave' then
-    local id = tonumber(ARGV[11])
-    if take(id) then out = { 'w' } else out = read_status(id) end
+    local idh = hex16(tonumber(ARGV[11]))
+    if take(idh) then out = { 'w' } else out = read_status(idh) end
   elseif qop == 'pause' or qop == 'resume' then
-    line.p = qop == 'pause' and 1 or 0
+    redis.call('HSET', LK.m, 'p', qop == 'pause' and '1' or '0')
     out = {}
   elseif qop == 'stats' then
-    local oldest = line.w[1] and string.format('%d', -offset(line.w[1][5])) or ''
-    out = { line.p, line.st[1], line.st[2], line.st[3], line.st[4], line.st[5], oldest }
+    writes = false
+    local m = redis.call('HMGET', LK.m, 'p', 'g', 'ov', 'pr', 'to', 'ev')
+    out = {}
+    for i = 1, 6 do out[i] = tonumber(m[i] or '0') or 0 end
+    local oldest = redis.call('ZRANGE', LK.i, 0, 0)[1]
+    out[7] = oldest and string.format('%d', -offset(waiter(oldest).joined)) or ''
+    local pairs_ = redis.call('HGETALL', LK.c)
     local ps = {}
-    for k, _ in pairs(line.r) do table.insert(ps, tonumber(k)) end
-    table.sort(ps, function(a, b) return a > b end)
-    for _, p in ipairs(ps) do
-      local n = 0
-      for _, w in ipairs(line.w) do if w[2] == p then n = n + 1 end end
-      table.insert(out, p)
-      table.insert(out, n)
+    for i = 1, #pairs_, 2 do table.insert(ps, { tonumber(pairs_[i]), tonumber(pairs_[i + 1]) }) end
+    table.sort(ps, function(a, b) return a[1] > b[1] end)
+    for _, pc in ipairs(ps) do
+      table.insert(out, pc[1])
+      table.insert(out, pc[2])
     end
-    return out
   else
     return redis.error_reply('sluice: unknown queue operation ' .. tostring(qop))
   end
 
-  -- Keep the line past its last deadline; an idle line is small (its ticket counter, so
-  -- that no ticket is handed out twice, and its counts) and expires with the floor TTL.
-  local ttl = min_ttl_ms
-  local nd = next_deadline()
-  if nd ~= nil then
-    local ms = floor((nd + 999999) / 1000000) + 60000
-    if ms > ttl then ttl = ms end
+  if writes then
+    -- Every key of the line outlives its last deadline (and the floor TTL), so a line that
+    -- nobody serves any more is gone in the end.
+    local ttl = min_ttl_ms
+    local nd = next_deadline()
+    if nd ~= nil then
+      local ms = floor((nd + 999999) / 1000000) + 60000
+      if ms > ttl then ttl = ms end
+    end
+    if ttl < 60000 then ttl = 60000 end
+    for _, name in ipairs(LINE_KEYS) do redis.call('PEXPIRE', LK[name], ttl) end
   end
-  if ttl < 60000 then ttl = 60000 end
-  line.max_len, line.ovf, line.max_o = nil, nil, nil
-  redis.call('SET', line_key, cjson.encode(line), 'PX', ttl)
   return out
 end
 

@@ -251,8 +251,8 @@ impl RedisStore {
     }
 
     /// Runs one operation of the library's line function: `head` is the operation's own
-    /// arguments (after op and now), then the line's limits; the line's key goes last in
-    /// KEYS.
+    /// arguments (after op and now), then the line's limits; the line's eleven keys go last
+    /// in KEYS.
     pub(crate) async fn run_queue(
         &self,
         op: &str,
@@ -279,7 +279,10 @@ impl RedisStore {
         for limit in limits {
             self.limit_args(limit.key, limit.policy, &mut keys, &mut args)?;
         }
-        keys.push(line_key(&self.prefix, &self.tag, line_name));
+        let base = line_key(&self.prefix, &self.tag, line_name);
+        for part in ["m", "w", "r", "t", "f", "d", "i", "p", "c", "o", "l"] {
+            keys.push(format!("{base}:{part}"));
+        }
         let mut call = redis::cmd("FCALL");
         call.arg(QUEUE_FUNCTION)
             .arg(keys.len())
