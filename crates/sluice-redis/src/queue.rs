@@ -89,6 +89,34 @@ impl RedisQueues {
     }
 }
 
+/// A serve's reply: now, next_at or '', then `granted` tickets.
+fn served_of(reply: &[Value], granted: usize) -> Result<Served, RedisError> {
+    let now = reply
+        .first()
+        .map(number)
+        .transpose()?
+        .ok_or_else(|| RedisError::Reply("serve: no now".into()))?;
+    let next_at = match reply.get(1).map(text).transpose()?.as_deref() {
+        None | Some("") => None,
+        Some(at) => {
+            Some(Nanos::new(at.parse().map_err(|_| {
+                RedisError::Reply(format!("serve: next_at {at:?}"))
+            })?))
+        }
+    };
+    let granted = reply
+        .iter()
+        .skip(2)
+        .take(granted)
+        .map(|v| number(v).map(QueueTicket))
+        .collect::<Result<_, _>>()?;
+    Ok(Served {
+        granted,
+        next_at,
+        now: Nanos::new(now),
+    })
+}
+
 fn text(value: &Value) -> Result<String, RedisError> {
     match value {
         Value::BulkString(bytes) => Ok(String::from_utf8_lossy(bytes).into_owned()),
@@ -133,29 +161,27 @@ impl QueueStore for RedisQueues {
 
     async fn serve(&self, line: Line<'_>) -> Result<Served, RedisError> {
         let reply = self.run("serve", line, None, None).await?;
-        let now = reply
-            .first()
-            .map(number)
-            .transpose()?
-            .ok_or_else(|| RedisError::Reply("serve: no now".into()))?;
-        let next_at = match reply.get(1).map(text).transpose()?.as_deref() {
-            None | Some("") => None,
-            Some(at) => {
-                Some(Nanos::new(at.parse().map_err(|_| {
-                    RedisError::Reply(format!("serve: next_at {at:?}"))
-                })?))
-            }
-        };
-        let granted = reply
-            .iter()
-            .skip(2)
-            .map(|v| number(v).map(QueueTicket))
-            .collect::<Result<_, _>>()?;
-        Ok(Served {
-            granted,
-            next_at,
-            now: Nanos::new(now),
-        })
+        served_of(&reply, reply.len().saturating_sub(2))
+    }
+
+    async fn poll(
+        &self,
+        line: Line<'_>,
+        ticket: QueueTicket,
+    ) -> Result<(Served, TicketStatus), RedisError> {
+        let reply = self.run("poll", line, None, Some(ticket)).await?;
+        let granted = usize::try_from(number(
+            reply
+                .get(2)
+                .ok_or_else(|| RedisError::Reply("poll: no count".into()))?,
+        )?)
+        .map_err(|_| RedisError::Reply("poll: count".into()))?;
+        let rest = reply.get(3..).unwrap_or_default();
+        let mut head = reply[..2].to_vec();
+        head.extend(rest.iter().take(granted).cloned());
+        let served = served_of(&head, granted)?;
+        let status = Self::status_of(rest.get(granted..).unwrap_or_default(), line.limits.len())?;
+        Ok((served, status))
     }
 
     async fn status(

@@ -591,11 +591,13 @@ end
 -- tenant is hex-encoded ('' for none), ids and places are 16 hex digits.
 --
 -- KEYS: the line's limits' keys (as for 'check'), then the eleven line keys in that order.
--- ARGV: op (join serve status leave pause resume stats), now ('' = Redis TIME), min_ttl_ms,
+-- ARGV: op (join serve status poll leave pause resume stats), now ('' = Redis TIME),
+-- min_ttl_ms,
 -- max_length, overflow (r d e), max_outcomes, priority, tenant ('' none, else '=' name),
 -- max_wait, cost, ticket, then the line's limits, 6 values each as for 'check'.
 -- Replies: join: {'g', 9 values per limit} | {'w', ticket} | {'r', 'overflow'|'paused'};
--- serve: {now, next_at or '', granted tickets...}; status and leave: {'w'} | {'g', 9 values
+-- serve: {now, next_at or '', granted tickets...}; poll: {now, next_at or '', how many
+-- granted, granted tickets..., then the status}; status and leave: {'w'} | {'g', 9 values
 -- per limit} | {'t'} (timed out) | {'e'} (evicted) | {'l'} (too large) | {'u'} (unknown);
 -- stats: {paused, granted, overflow, paused refusals, timed out, evicted, how long the
 -- first to join has waited (ns) or '', then priority, count pairs, highest first}.
@@ -877,6 +879,11 @@ local function queue_call(KEYS, ARGV)
     for _, id in ipairs(granted) do table.insert(out, tostring(id)) end
   elseif qop == 'status' then
     out = read_status(hex16(tonumber(ARGV[11])))
+  elseif qop == 'poll' then
+    local granted, next_at = serve_line(max_o)
+    out = { now_text, next_at and absolute(next_at) or '', #granted }
+    for _, id in ipairs(granted) do table.insert(out, tostring(id)) end
+    for _, v in ipairs(read_status(hex16(tonumber(ARGV[11])))) do table.insert(out, v) end
   elseif qop == 'leave' then
     local idh = hex16(tonumber(ARGV[11]))
     if take(idh) then out = { 'w' } else out = read_status(idh) end

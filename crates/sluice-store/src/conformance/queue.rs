@@ -46,6 +46,8 @@ enum Op {
     Serve,
     /// Reads the status of the n-th join's ticket (modulo the joins so far).
     Status(usize),
+    /// Serves, then reads the status of the n-th join's ticket, in one call.
+    Poll(usize),
     Leave(usize),
     Advance(u64),
     Pause,
@@ -60,6 +62,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(priority, tenant, cost, wait)| Op::Join { priority, tenant, cost, wait }),
         3 => Just(Op::Serve),
         2 => any::<usize>().prop_map(Op::Status),
+        2 => any::<usize>().prop_map(Op::Poll),
         1 => any::<usize>().prop_map(Op::Leave),
         3 => (1_u64..700).prop_map(Op::Advance),
         1 => Just(Op::Pause),
@@ -312,6 +315,31 @@ where
                     return Err(fail(format!(
                         "store granted {got_granted:?} next at {:?}, model granted {want_granted:?} next at {next_at:?}",
                         got.next_at
+                    )));
+                }
+            }
+            Op::Poll(choice) => {
+                let waited: Vec<(QueueTicket, u64)> = tickets.iter().flatten().copied().collect();
+                if waited.is_empty() {
+                    continue;
+                }
+                let (ticket, id) = waited[choice % waited.len()];
+                let (served, got) = store
+                    .poll(line, ticket)
+                    .await
+                    .map_err(|e| fail(format!("the store failed: {e}")))?;
+                let (granted, next_at) = model.serve(&universe, now);
+                let want = model.status(id);
+                let got_granted: Vec<Option<u64>> = served
+                    .granted
+                    .iter()
+                    .map(|t| by_store.get(t).copied())
+                    .collect();
+                let want_granted: Vec<Option<u64>> = granted.into_iter().map(Some).collect();
+                if got_granted != want_granted || served.next_at != next_at || got != want {
+                    return Err(fail(format!(
+                        "store granted {got_granted:?} next at {:?} status {got:?}, model granted {want_granted:?} next at {next_at:?} status {want:?}",
+                        served.next_at
                     )));
                 }
             }

@@ -157,6 +157,20 @@ pub trait QueueStore: Send + Sync + 'static {
         ticket: QueueTicket,
     ) -> impl Future<Output = Result<TicketStatus, Self::Error>> + Send;
 
+    /// [`serve`](Self::serve), then [`status`](Self::status) of `ticket`: what a waiter
+    /// does each time it wakes. A store that can do both in one round trip should.
+    fn poll(
+        &self,
+        line: Line<'_>,
+        ticket: QueueTicket,
+    ) -> impl Future<Output = Result<(Served, TicketStatus), Self::Error>> + Send {
+        async move {
+            let served = self.serve(line).await?;
+            let status = self.status(line, ticket).await?;
+            Ok((served, status))
+        }
+    }
+
     /// Stops granting from `line`; its waiters stay.
     fn pause(&self, line: Line<'_>) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
@@ -241,13 +255,12 @@ where
     };
     let mut started: Option<Nanos> = None;
     loop {
-        let served = store.serve(line).await.map_err(AcquireError::Store)?;
-        let began = *started.get_or_insert(served.now);
-        match store
-            .status(line, ticket)
+        let (served, status) = store
+            .poll(line, ticket)
             .await
-            .map_err(AcquireError::Store)?
-        {
+            .map_err(AcquireError::Store)?;
+        let began = *started.get_or_insert(served.now);
+        match status {
             TicketStatus::Waiting => {}
             TicketStatus::Granted(verdict) => {
                 return Ok(Grant {
