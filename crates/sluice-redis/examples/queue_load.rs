@@ -27,26 +27,6 @@ fn env_number(name: &str, default: u64) -> Result<u64, String> {
     }
 }
 
-/// `calls` of `FCALL` in `INFO commandstats`, and Redis' microseconds per call.
-fn fcalls(server: &RedisServer) -> (u64, f64) {
-    let info = server
-        .command(&["INFO", "commandstats"])
-        .unwrap_or_default();
-    let Some(line) = info.lines().find(|l| l.starts_with("cmdstat_fcall:")) else {
-        return (0, 0.0);
-    };
-    let field = |name: &str| {
-        line.split([':', ','])
-            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
-            .unwrap_or("0")
-            .to_owned()
-    };
-    (
-        field("calls").parse().unwrap_or(0),
-        field("usec_per_call").parse().unwrap_or(0.0),
-    )
-}
-
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let waiters = usize::try_from(env_number("SLUICE_EXAMPLE_WAITERS", 1000)?)?;
@@ -63,7 +43,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "{waiters} waiters in one Redis line on a 10/s GCRA limit for {seconds} s, polling at most every {poll:?}"
     );
     let granted = Arc::new(AtomicU64::new(0));
-    let (before_calls, _) = fcalls(&server);
+    let (before_calls, _) = server.command_stats("fcall")?;
     let mut tasks = Vec::new();
     for i in 0..waiters {
         let (queues, key, policy, granted) = (
@@ -113,7 +93,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         task.await?;
     }
     let elapsed = wall.elapsed().as_secs_f64();
-    let (after_calls, usec_per_call) = fcalls(&server);
+    let (after_calls, usec_per_call) = server.command_stats("fcall")?;
     let calls = after_calls - before_calls;
     let grants = granted.load(Ordering::Relaxed);
     #[allow(clippy::cast_precision_loss, reason = "figures for a table")]

@@ -26,25 +26,6 @@ fn policy(kind: AlgorithmKind) -> Policy {
     Policy::new(kind, rate.expect("valid rate"))
 }
 
-/// `(calls, usec_per_call)` of a command in `INFO commandstats`.
-fn command_stats(server: &RedisServer, command: &str) -> (u64, f64) {
-    let info = server.command(&["INFO", "commandstats"]).expect("INFO");
-    let prefix = format!("cmdstat_{command}:");
-    let Some(line) = info.lines().find(|l| l.starts_with(&prefix)) else {
-        return (0, 0.0);
-    };
-    let field = |name: &str| {
-        line.split([':', ','])
-            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
-            .unwrap_or("0")
-            .to_owned()
-    };
-    (
-        field("calls").parse().unwrap_or(0),
-        field("usec_per_call").parse().unwrap_or(0.0),
-    )
-}
-
 /// Runs `total` checks from `tasks` concurrent tasks; returns decisions per second and the
 /// sorted per-call latencies in microseconds.
 async fn run(store: &RedisStore, policy: Policy, tasks: usize, total: usize) -> (f64, Vec<f64>) {
@@ -129,7 +110,7 @@ async fn main() {
     for kind in AlgorithmKind::ALL {
         server.command(&["CONFIG", "RESETSTAT"]).expect("RESETSTAT");
         run(&store, policy(kind), 16, 20_000).await;
-        let (calls, usec) = command_stats(&server, "fcall");
+        let (calls, usec) = server.command_stats("fcall").expect("INFO");
         println!(
             "  {:<15} {:>14.2} {:>17.3}   ({calls} fcall)",
             kind.name(),

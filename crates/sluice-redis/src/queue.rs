@@ -8,7 +8,7 @@ use sluice_store::queue::{
     Joined, Line, LineStats, QueueStore, QueueTicket, Request, Served, TicketStatus,
 };
 
-use crate::store::{RedisError, RedisStore, verdict_of};
+use crate::store::{RedisError, RedisStore, number, text, verdict_of};
 
 /// Lines in Redis, granting from the limits a [`RedisStore`] keeps there: each operation
 /// is one `FCALL` of the library's line function, atomic on the line and its limits (which
@@ -115,21 +115,6 @@ fn served_of(reply: &[Value], granted: usize) -> Result<Served, RedisError> {
         next_at,
         now: Nanos::new(now),
     })
-}
-
-fn text(value: &Value) -> Result<String, RedisError> {
-    match value {
-        Value::BulkString(bytes) => Ok(String::from_utf8_lossy(bytes).into_owned()),
-        Value::SimpleString(s) => Ok(s.clone()),
-        Value::Int(n) => Ok(n.to_string()),
-        other => Err(RedisError::Reply(format!("{other:?}"))),
-    }
-}
-
-fn number(value: &Value) -> Result<u64, RedisError> {
-    let text = text(value)?;
-    text.parse()
-        .map_err(|_| RedisError::Reply(format!("not a number: {text:?}")))
 }
 
 fn signed(value: &Value) -> Result<i64, RedisError> {

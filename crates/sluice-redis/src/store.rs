@@ -390,14 +390,14 @@ fn missing_library(err: &redis::RedisError) -> bool {
     err.to_string().contains("Function not found")
 }
 
-fn number(value: &Value) -> Result<u64, RedisError> {
+pub(crate) fn number(value: &Value) -> Result<u64, RedisError> {
     match value {
         Value::Int(n) => u64::try_from(*n).map_err(|_| RedisError::Reply(format!("negative {n}"))),
         other => parse(&text(other)?),
     }
 }
 
-fn text(value: &Value) -> Result<String, RedisError> {
+pub(crate) fn text(value: &Value) -> Result<String, RedisError> {
     match value {
         Value::BulkString(bytes) => Ok(String::from_utf8_lossy(bytes).into_owned()),
         Value::SimpleString(s) => Ok(s.clone()),

@@ -348,6 +348,26 @@ impl RedisServer {
         Ok(self.node.query(args)?.to_text())
     }
 
+    /// `(calls, usec_per_call)` of `command` (lowercase, e.g. `fcall`) in
+    /// `INFO commandstats`; zeros when it has not run.
+    pub fn command_stats(&self, command: &str) -> Result<(u64, f64), TestkitError> {
+        let info = self.command(&["INFO", "commandstats"])?;
+        let prefix = format!("cmdstat_{command}:");
+        let Some(line) = info.lines().find(|l| l.starts_with(&prefix)) else {
+            return Ok((0, 0.0));
+        };
+        let field = |name: &str| {
+            line.split([':', ','])
+                .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+                .unwrap_or("0")
+                .to_owned()
+        };
+        Ok((
+            field("calls").parse().unwrap_or(0),
+            field("usec_per_call").parse().unwrap_or(0.0),
+        ))
+    }
+
     /// Sends one command and returns its reply.
     pub fn query(&self, args: &[&str]) -> Result<Reply, TestkitError> {
         self.node.query(args)
