@@ -865,6 +865,18 @@ impl QuotaMonitor {
             .collect()
     }
 
+    /// The most used dimension's share of its limit now, in `[0, ∞)` (0 when no limit is
+    /// known): what the adaptive concurrency limit follows. Allocates nothing.
+    pub fn busiest_share(&self, now: Nanos) -> f64 {
+        self.tracks
+            .iter()
+            .filter_map(|track| {
+                let view = View::of(&self.config, track, now);
+                view.limit.map(|limit| percent(view.used, limit) / 100.0)
+            })
+            .fold(0.0, f64::max)
+    }
+
     /// Whether a call of `priority` may go now: [`Admission::Wait`] when a dimension is
     /// exhausted (for everyone) or at or above the pause threshold (for priorities below
     /// `pause_exempt`), until the latest reset among the blocking dimensions.
@@ -1345,6 +1357,25 @@ mod tests {
         assert_eq!(
             alerts(&m.observe(&requests(Some(1000), Some(350), Some(49)), at(2))),
             [(60, Severity::Warning)]
+        );
+    }
+
+    #[test]
+    fn the_busiest_share_is_the_most_used_dimension() {
+        let mut m = monitor(QuotaConfig::default());
+        m.record_sent(50, 0, at(0));
+        assert_eq!(m.busiest_share(at(0)), 0.0, "no limit known");
+        let mut m = monitor(QuotaConfig {
+            requests_per_minute: Some(100),
+            requests_per_day: Some(1000),
+            ..QuotaConfig::default()
+        });
+        m.record_sent(50, 0, at(0));
+        assert_eq!(m.busiest_share(at(0)), 0.5);
+        assert_eq!(
+            m.busiest_share(at(61)),
+            0.05,
+            "the minute reset; the day did not"
         );
     }
 

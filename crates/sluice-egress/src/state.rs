@@ -304,13 +304,8 @@ impl EgressState {
 
     /// Tells the concurrency limit the most used quota dimension's share.
     fn observe_quota(&mut self, now: Nanos) {
-        let used = self
-            .quota
-            .usage(now)
-            .iter()
-            .map(|u| u.percent / 100.0)
-            .fold(0.0, f64::max);
-        self.concurrency.observe_quota(used);
+        self.concurrency
+            .observe_quota(self.quota.busiest_share(now));
     }
 
     fn concurrency_changes(&self, before: u32, events: &mut Vec<EgressEvent>) {
