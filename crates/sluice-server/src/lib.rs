@@ -10,7 +10,8 @@
 //! - **Running a server**: [`serve`] on your listeners until a shutdown future resolves;
 //!   [`spawn`] on two free loopback ports, stopped through the [`Spawned`] it returns (the
 //!   embedded server of tests and benchmarks); [`run`] for a [`Limiter`] over your own
-//!   [`Backend`]. [`ServeOptions`] holds `sluice serve`'s flags, [`load_config`] loads the
+//!   [`Backend`]. [`ServeOptions`] holds `sluice serve`'s flags (with
+//!   [`ConnectionLimits`], what a client may hold of a listener, and [`InvalidLimit`]), [`load_config`] loads the
 //!   configuration they name (to refuse a bad one before binding), [`ServeError`] (with
 //!   [`OverrideStoreError`]) says why a server failed, [`redact`] hides a Redis URL's
 //!   password for logs.
@@ -38,6 +39,7 @@
 
 mod admin;
 mod backend;
+mod edges;
 // Public on purpose: the configuration format's own namespace (`Config`, `Rule`, `Unit`,
 // `StoreConfig`, `Entry`, `ConfigError`, `DEMO_YAML`), whose module docs are the reference
 // of the YAML files `sluice serve` reads. Its submodules are private.
@@ -54,6 +56,7 @@ mod reservations;
 mod server;
 
 pub use backend::{Backend, BackendHealth};
+pub use edges::{ConnectionLimits, InvalidLimit};
 pub use limiter::{Code, LimitError, Limiter, Outcome, ReserveOutcome, Status};
 pub use overrides::OverrideStoreError;
 pub use request::{CheckRequest, Descriptor, EntryRequest, InvalidRequest};

@@ -88,9 +88,36 @@ impl Histogram {
     }
 }
 
+/// A connection family: name, type, help, and its counter in [`ConnectionCounters`].
+type Family = (
+    &'static str,
+    MetricType,
+    &'static str,
+    fn(&ConnectionCounters) -> &AtomicU64,
+);
+
+/// One listener's connections (see `edges.rs`).
+#[derive(Debug, Default)]
+pub(crate) struct ConnectionCounters {
+    /// Open now.
+    pub(crate) open: AtomicU64,
+    /// Accepted under the cap.
+    pub(crate) accepted: AtomicU64,
+    /// Closed at once because the listener held its maximum.
+    pub(crate) refused: AtomicU64,
+    /// Closed without a complete first request head in time.
+    pub(crate) header_timeouts: AtomicU64,
+    /// Closed after the idle timeout.
+    pub(crate) idle_timeouts: AtomicU64,
+}
+
 /// Every counter the server exports.
 #[derive(Debug, Default)]
 pub(crate) struct Metrics {
+    /// The HTTP listener's connections.
+    pub(crate) http_connections: Arc<ConnectionCounters>,
+    /// The gRPC listener's connections.
+    pub(crate) grpc_connections: Arc<ConnectionCounters>,
     domains: RwLock<HashMap<String, Arc<DomainCounters>>>,
     rules: RwLock<HashMap<String, Arc<RuleCounters>>>,
     latency: Histogram,
@@ -271,7 +298,59 @@ impl Metrics {
             "Version of the configuration serving (1 at start, +1 per successful reload).",
         );
         out.sample("sluice_config_version", &[], load(&self.config_version));
+        self.render_connections(&mut out);
         out.finish()
+    }
+
+    fn render_connections(&self, out: &mut TextWriter) {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let listeners = [
+            ("http", &*self.http_connections),
+            ("grpc", &*self.grpc_connections),
+        ];
+        let families: [Family; 3] = [
+            (
+                "sluice_connections_open",
+                Gauge,
+                "Client connections open, by listener.",
+                |c| &c.open,
+            ),
+            (
+                "sluice_connections_accepted_total",
+                Counter,
+                "Client connections accepted, by listener.",
+                |c| &c.accepted,
+            ),
+            (
+                "sluice_connections_refused_total",
+                Counter,
+                "Client connections closed at once because the listener held --max-connections.",
+                |c| &c.refused,
+            ),
+        ];
+        for (name, kind, help, counter) in families {
+            out.family(name, kind, help);
+            for (listener, counters) in listeners {
+                out.sample(name, &[("listener", listener)], load(counter(counters)));
+            }
+        }
+        out.family(
+            "sluice_connections_timed_out_total",
+            Counter,
+            "Client connections closed by a timeout, by listener and reason (header_read: no complete first request head within --header-read-timeout; idle: no request within --idle-timeout).",
+        );
+        for (listener, counters) in listeners {
+            for (reason, counter) in [
+                ("header_read", &counters.header_timeouts),
+                ("idle", &counters.idle_timeouts),
+            ] {
+                out.sample(
+                    "sluice_connections_timed_out_total",
+                    &[("listener", listener), ("reason", reason)],
+                    load(counter),
+                );
+            }
+        }
     }
 
     fn render_domains(&self, out: &mut TextWriter) {
@@ -472,6 +551,12 @@ mod tests {
         metrics.bad_request();
         metrics.store_error();
         metrics.reload(Ok(3));
+        let add = |counter: &AtomicU64, n| counter.fetch_add(n, Ordering::Relaxed);
+        add(&metrics.http_connections.open, 2);
+        add(&metrics.http_connections.accepted, 5);
+        add(&metrics.http_connections.header_timeouts, 3);
+        add(&metrics.grpc_connections.refused, 4);
+        add(&metrics.grpc_connections.idle_timeouts, 1);
         let health = BackendHealth {
             keys: 9,
             evictions: 2,
@@ -545,6 +630,24 @@ mod tests {
             "# HELP sluice_config_version Version of the configuration serving (1 at start, +1 per successful reload).\n",
             "# TYPE sluice_config_version gauge\n",
             "sluice_config_version 3\n",
+            "# HELP sluice_connections_open Client connections open, by listener.\n",
+            "# TYPE sluice_connections_open gauge\n",
+            "sluice_connections_open{listener=\"http\"} 2\n",
+            "sluice_connections_open{listener=\"grpc\"} 0\n",
+            "# HELP sluice_connections_accepted_total Client connections accepted, by listener.\n",
+            "# TYPE sluice_connections_accepted_total counter\n",
+            "sluice_connections_accepted_total{listener=\"http\"} 5\n",
+            "sluice_connections_accepted_total{listener=\"grpc\"} 0\n",
+            "# HELP sluice_connections_refused_total Client connections closed at once because the listener held --max-connections.\n",
+            "# TYPE sluice_connections_refused_total counter\n",
+            "sluice_connections_refused_total{listener=\"http\"} 0\n",
+            "sluice_connections_refused_total{listener=\"grpc\"} 4\n",
+            "# HELP sluice_connections_timed_out_total Client connections closed by a timeout, by listener and reason (header_read: no complete first request head within --header-read-timeout; idle: no request within --idle-timeout).\n",
+            "# TYPE sluice_connections_timed_out_total counter\n",
+            "sluice_connections_timed_out_total{listener=\"http\",reason=\"header_read\"} 3\n",
+            "sluice_connections_timed_out_total{listener=\"http\",reason=\"idle\"} 0\n",
+            "sluice_connections_timed_out_total{listener=\"grpc\",reason=\"header_read\"} 0\n",
+            "sluice_connections_timed_out_total{listener=\"grpc\",reason=\"idle\"} 1\n",
         );
         assert_eq!(metrics.render("redis", &health), expected);
     }

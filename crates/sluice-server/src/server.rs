@@ -7,17 +7,25 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
 use sluice_core::MonotonicClock;
 use sluice_redis::RedisStore;
 use sluice_store::{FallbackConfig, FallbackStore, MemoryStore};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
-use tonic::transport::server::TcpIncoming;
+use tower::Service as _;
 
 use crate::admin::{self, Series};
 use crate::backend::{Backend, RedisBackend};
 use crate::config::{Config, ConfigError, StoreConfig};
+use crate::edges::{Acceptor, ConnectionLimits, InvalidLimit, TrackLayer};
 use crate::grpc::RlsService;
 use crate::limiter::Limiter;
 use crate::overrides::{OverrideStore, OverrideStoreError, RedisOverrides};
@@ -44,6 +52,8 @@ pub struct ServeOptions {
     pub admin_token: Option<String>,
     /// Where overrides persist on the in-memory store (with Redis they live in Redis).
     pub overrides_file: Option<PathBuf>,
+    /// What a client may hold of each listener (connections, time, HTTP/2 streams).
+    pub connections: ConnectionLimits,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -52,6 +62,9 @@ pub enum ServeError {
     /// The configuration did not load.
     #[error("invalid configuration: {0}")]
     Config(#[from] ConfigError),
+    /// A connection limit cannot work.
+    #[error(transparent)]
+    Limits(#[from] InvalidLimit),
     /// Redis could not be reached at start.
     #[error("cannot connect to Redis at {url}: {source}")]
     Redis {
@@ -110,6 +123,7 @@ pub async fn serve(
     grpc: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    options.connections.validate()?;
     let config = load_config(&options)?;
     match config.store.clone() {
         StoreConfig::Memory => {
@@ -275,28 +289,108 @@ pub async fn run<B: Backend>(
         options.admin_token.as_deref(),
         series,
     ));
-    let http_listener = http.tap_io(|stream| {
-        let _ = stream.set_nodelay(true);
-    });
-    let http_server =
-        axum::serve(http_listener, app).with_graceful_shutdown(until(stopped.clone()));
+    let limits = options.connections;
+    limits.validate()?;
+    let metrics = limiter.metrics();
+    let http = Acceptor::new(http, "http", limits, Arc::clone(&metrics.http_connections));
+    let grpc = Acceptor::new(grpc, "grpc", limits, Arc::clone(&metrics.grpc_connections));
+    let http_server = serve_http(http, app, limits, until(stopped.clone()));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     let rls = RlsService::new(Arc::clone(&limiter), options.ratelimit_headers).into_server();
     health.set_serving::<RateLimitServer<B>>().await;
     let grpc_server = tonic::transport::Server::builder()
+        .timeout(limits.request_timeout)
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        .http2_keepalive_interval(Some(limits.http2_keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
+        .max_frame_size(limits.http2_max_frame_size)
+        .http2_max_header_list_size(limits.http2_max_header_list_size)
+        .layer(TrackLayer)
         .add_service(health_service)
         .add_service(rls)
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(grpc).with_nodelay(Some(true)),
-            until(stopped),
-        );
+        .serve_with_incoming_shutdown(grpc.into_stream(), until(stopped));
 
-    let (http_result, grpc_result) = tokio::join!(http_server.into_future(), grpc_server);
-    http_result?;
+    let ((), grpc_result) = tokio::join!(http_server, grpc_server);
     grpc_result?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Serves `app` on the HTTP listener (HTTP/1.1 and h2c) under `limits` until `stop`
+/// resolves, then lets the requests in flight finish.
+async fn serve_http(
+    acceptor: Acceptor,
+    app: axum::Router,
+    limits: ConnectionLimits,
+    stop: impl Future<Output = ()>,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        .keep_alive_interval(limits.http2_keepalive_interval)
+        .keep_alive_timeout(limits.http2_keepalive_timeout)
+        .max_frame_size(limits.http2_max_frame_size)
+        .max_header_list_size(limits.http2_max_header_list_size);
+    let graceful = GracefulShutdown::new();
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let guarded = tokio::select! {
+            guarded = acceptor.accept() => guarded,
+            () = &mut stop => break,
+        };
+        let conn = Arc::clone(&guarded.info().conn);
+        let app = app.clone();
+        let service = service_fn(move |request: ::http::Request<Incoming>| {
+            let in_flight = conn.begin();
+            let mut app = app.clone();
+            async move {
+                let answer = tokio::time::timeout(
+                    limits.request_timeout,
+                    app.call(request.map(axum::body::Body::new)),
+                )
+                .await;
+                drop(in_flight);
+                Ok::<_, Infallible>(match answer {
+                    Ok(Ok(response)) => response,
+                    Ok(Err(never)) => match never {},
+                    Err(_) => http::problem(
+                        ::http::StatusCode::REQUEST_TIMEOUT,
+                        "Request Timeout",
+                        &format!(
+                            "the request was not answered within {:?} (--request-timeout)",
+                            limits.request_timeout
+                        ),
+                        None,
+                    ),
+                })
+            }
+        });
+        let counters = Arc::clone(&acceptor.counters);
+        let connection = builder
+            .serve_connection(TokioIo::new(guarded), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                // hyper's own header read timeout, between HTTP/1 requests.
+                if e.downcast_ref::<hyper::Error>()
+                    .is_some_and(hyper::Error::is_timeout)
+                {
+                    counters.header_timeouts.fetch_add(1, Ordering::Relaxed);
+                }
+                tracing::debug!(error = %e, "an HTTP connection ended with an error");
+            }
+        });
+    }
+    drop(acceptor);
+    graceful.shutdown().await;
 }
 
 type RateLimitServer<B> = envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer<RlsService<B>>;

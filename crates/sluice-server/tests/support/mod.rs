@@ -18,7 +18,7 @@ use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
-use sluice_server::{ServeOptions, Spawned};
+use sluice_server::{ConnectionLimits, ServeOptions, Spawned};
 use tonic::transport::Channel;
 
 /// The admin token every test server is started with.
@@ -190,6 +190,7 @@ impl TestServer {
             watch: true,
             admin_token: Some(ADMIN_TOKEN.to_owned()),
             overrides_file: None,
+            connections: ConnectionLimits::default(),
         };
         Self::start_options(options, dir, config_file).await
     }
@@ -207,6 +208,7 @@ impl TestServer {
             watch: true,
             admin_token: Some(ADMIN_TOKEN.to_owned()),
             overrides_file: None,
+            connections: ConnectionLimits::default(),
         };
         adjust(&mut options);
         Self::start_options(options, dir, config_file).await
