@@ -148,6 +148,45 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "PATH", env = "SLUICE_OVERRIDES_FILE")]
     pub(crate) overrides_file: Option<PathBuf>,
 
+    /// A new connection must send a complete request head within this, and on HTTP/1 every
+    /// later one within this of the previous answer; else it is closed. [default: 10s]
+    #[arg(long, value_name = "DURATION", env = "SLUICE_HEADER_READ_TIMEOUT", value_parser = parse_timeout, help_heading = "Connections (each port)")]
+    pub(crate) header_read_timeout: Option<Duration>,
+
+    /// A connection with no request in flight for this long is closed. [default: 60s]
+    #[arg(long, value_name = "DURATION", env = "SLUICE_IDLE_TIMEOUT", value_parser = parse_timeout, help_heading = "Connections (each port)")]
+    pub(crate) idle_timeout: Option<Duration>,
+
+    /// A request not answered within this (its body included) gets HTTP 408 or gRPC
+    /// CANCELLED. [default: 30s]
+    #[arg(long, value_name = "DURATION", env = "SLUICE_REQUEST_TIMEOUT", value_parser = parse_timeout, help_heading = "Connections (each port)")]
+    pub(crate) request_timeout: Option<Duration>,
+
+    /// Open connections per port; beyond it new connections are closed at once (logged,
+    /// and counted in sluice_connections_refused_total). [default: 4096]
+    #[arg(long, value_name = "N", env = "SLUICE_MAX_CONNECTIONS", value_parser = parse_count, help_heading = "Connections (each port)")]
+    pub(crate) max_connections: Option<u32>,
+
+    /// HTTP/2: streams one connection may have open at once. [default: 256]
+    #[arg(long, value_name = "N", env = "SLUICE_HTTP2_MAX_CONCURRENT_STREAMS", value_parser = parse_count, help_heading = "Connections (each port)")]
+    pub(crate) http2_max_concurrent_streams: Option<u32>,
+
+    /// HTTP/2: ping a connection after this long without a frame from it. [default: 30s]
+    #[arg(long, value_name = "DURATION", env = "SLUICE_HTTP2_KEEPALIVE_INTERVAL", value_parser = parse_timeout, help_heading = "Connections (each port)")]
+    pub(crate) http2_keepalive_interval: Option<Duration>,
+
+    /// HTTP/2: close a connection whose answer to a ping takes longer. [default: 20s]
+    #[arg(long, value_name = "DURATION", env = "SLUICE_HTTP2_KEEPALIVE_TIMEOUT", value_parser = parse_timeout, help_heading = "Connections (each port)")]
+    pub(crate) http2_keepalive_timeout: Option<Duration>,
+
+    /// HTTP/2: the largest frame a client may send, 16KiB to 16MiB - 1. [default: 16KiB]
+    #[arg(long, value_name = "SIZE", env = "SLUICE_HTTP2_MAX_FRAME_SIZE", value_parser = parse_size, help_heading = "Connections (each port)")]
+    pub(crate) http2_max_frame_size: Option<usize>,
+
+    /// HTTP/2: the largest header list a request may have. [default: 16KiB]
+    #[arg(long, value_name = "SIZE", env = "SLUICE_HTTP2_MAX_HEADER_LIST_SIZE", value_parser = parse_size, help_heading = "Connections (each port)")]
+    pub(crate) http2_max_header_list_size: Option<usize>,
+
     /// Log lines for humans or one JSON object per line.
     #[arg(long, value_name = "FORMAT", default_value = "human", value_parser = ["human", "json"])]
     pub(crate) log_format: String,
