@@ -530,3 +530,42 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_documented_ones_and_valid() {
+        let limits = ConnectionLimits::default();
+        assert_eq!(limits.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(limits.idle_timeout, Duration::from_secs(60));
+        assert_eq!(limits.request_timeout, Duration::from_secs(30));
+        assert_eq!(limits.max_connections, 4096);
+        assert_eq!(limits.http2_max_concurrent_streams, 256);
+        assert_eq!(limits.http2_max_frame_size, 16 * 1024);
+        assert_eq!(limits.http2_max_header_list_size, 16 * 1024);
+        assert_eq!(limits.validate(), Ok(()));
+    }
+
+    #[test]
+    fn an_impossible_limit_names_its_field_and_value() {
+        let limits = ConnectionLimits {
+            idle_timeout: Duration::ZERO,
+            ..ConnectionLimits::default()
+        };
+        let err = limits.validate().expect_err("zero");
+        assert_eq!(
+            err.to_string(),
+            "invalid idle-timeout 0ns: must be more than zero"
+        );
+        let limits = ConnectionLimits {
+            max_connections: 0,
+            ..ConnectionLimits::default()
+        };
+        assert_eq!(
+            limits.validate().expect_err("zero").to_string(),
+            "invalid max-connections 0: must be at least 1"
+        );
+    }
+}
