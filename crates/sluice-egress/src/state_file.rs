@@ -140,16 +140,19 @@ impl Drop for Drain {
     fn drop(&mut self) {
         let mut queue = lock(&self.0.queue);
         queue.running = false;
-        // An offer that came after the last look but saw `running` finds its snapshot
-        // written by the next offer's thread; start one now so it does not wait for that.
-        if queue.pending.is_some() {
-            queue.running = true;
-            drop(queue);
-            let drain = Self(Arc::clone(&self.0));
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn_blocking(move || drain.run());
-            }
+        // An offer that came after the last look but saw `running` left its snapshot for
+        // this thread: start another for it. Without a runtime, the next offer or flush
+        // writes it.
+        if queue.pending.is_none() {
+            return;
         }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        queue.running = true;
+        drop(queue);
+        let drain = Self(Arc::clone(&self.0));
+        runtime.spawn_blocking(move || drain.run());
     }
 }
 
