@@ -69,6 +69,15 @@ impl Backoff {
     pub fn full_jitter(&self, retry: u32, unit: f64) -> Duration {
         scale(self.ceiling(retry), unit)
     }
+
+    /// The wait before retry number `retry` with equal jitter: between half and all of
+    /// `ceiling(retry)`, `half + unit × (ceiling − half)` (`unit` as for
+    /// [`full_jitter`](Self::full_jitter)). Never the instant retry full jitter may draw.
+    pub fn equal_jitter(&self, retry: u32, unit: f64) -> Duration {
+        let ceiling = self.ceiling(retry);
+        let half = ceiling / 2;
+        half + scale(ceiling - half, unit)
+    }
 }
 
 /// Waits at least `hint` (an upstream's Retry-After), plus up to `spread` so that many
@@ -153,6 +162,15 @@ mod tests {
             max: ms(100),
         };
         assert_eq!(base_above_max.ceiling(0), ms(100));
+    }
+
+    #[test]
+    fn equal_jitter_is_between_half_and_all_of_the_ceiling() {
+        let b = Backoff::default();
+        assert_eq!(b.equal_jitter(2, 0.0), ms(1000));
+        assert_eq!(b.equal_jitter(2, 0.5), ms(1500));
+        assert_eq!(b.equal_jitter(2, 1.0), ms(2000));
+        assert_eq!(b.equal_jitter(2, f64::NAN), ms(1000));
     }
 
     #[test]

@@ -102,13 +102,7 @@ impl ClassBackoff {
     /// The wait before retry number `retry` (0 for the first) after a failure of `class`,
     /// with `unit` a random number in `[0, 1)`: between half and all of the ceiling.
     pub fn wait(&self, class: ErrorClass, retry: u32, unit: f64) -> Duration {
-        let ceiling = self.of(class).ceiling(retry);
-        let half = ceiling / 2;
-        half + Backoff {
-            base: ceiling - half,
-            max: ceiling - half,
-        }
-        .full_jitter(0, unit)
+        self.of(class).equal_jitter(retry, unit)
     }
 }
 
