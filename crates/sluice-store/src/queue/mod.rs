@@ -181,6 +181,9 @@ pub trait QueueStore: Send + Sync + 'static {
     fn stats(&self, line: Line<'_>) -> impl Future<Output = Result<LineStats, Self::Error>> + Send;
 }
 
+/// The shortest sleep of [`acquire`] between two polls.
+const MIN_SLEEP: Duration = Duration::from_millis(1);
+
 /// Why [`acquire`] did not grant.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -219,7 +222,7 @@ pub struct Grant {
 
 /// Waits in `line` until `request` is granted, it is refused, or `max_wait` passes: joins,
 /// then serves the line whenever its turn may have come (the instant [`Served::next_at`]
-/// names, at most `poll` apart, so that a grant made by another process or a release is
+/// names, at most `poll` apart and at least a millisecond, so that a grant made by another process or a release is
 /// seen within `poll`). Dropping the future leaves the ticket in line until its deadline
 /// times it out; a caller that may give up early should keep the ticket and
 /// [`leave`](QueueStore::leave) instead, since a ticket granted after its waiter is gone
@@ -281,7 +284,9 @@ where
             .now
             .plus_nanos(sluice_core::time::duration_nanos(poll));
         let wake = served.next_at.unwrap_or(polled).min(polled).min(deadline);
-        sleep(wake.saturating_since(served.now)).await;
+        // At least a millisecond: a `poll` of zero, or a head due now that still waits,
+        // must not turn the loop into a spin on the store.
+        sleep(wake.saturating_since(served.now).max(MIN_SLEEP)).await;
     }
 }
 
